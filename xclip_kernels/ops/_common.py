@@ -1,0 +1,222 @@
+"""Shared machinery of the three ops: validation helpers and the custom-op frame.
+
+Each op ``X`` is registered in the ``xclip`` namespace as three operators:
+
+- ``xclip::X_fwd(tensors..., float scale, str backend) -> (Tensor out, Tensor lse)``
+  with a fake kernel, a FLOP formula and autograd (its backward calls ``X_bwd``);
+- ``xclip::X_bwd(Tensor do, tensors..., Tensor out, Tensor lse, float scale,
+  str backend) -> (grads...)`` with a fake kernel and a FLOP formula;
+- ``xclip::X(tensors..., *, float? scale=None, str? backend=None) -> Tensor``,
+  the public op (CompositeImplicitAutograd): validates, resolves the backend
+  and calls ``X_fwd``. ``torch.compile`` sees through it to ``X_fwd``.
+
+This is flash-attention's split (forward and backward as separate custom ops)
+expressed with ``torch.library`` so that ``torch.ops.xclip.X`` itself is
+differentiable, traceable and passes ``torch.library.opcheck``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from ..backends import BACKENDS, OpInputs, select_backend
+
+_lib = torch.library.Library("xclip", "FRAGMENT")
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_MSG = 8
+
+
+def _fmt_dtype(d: torch.dtype) -> str:
+    return str(d).replace("torch.", "")
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def check_tensor(op: str, name: str, x, ranks: Sequence[int], layout: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{op}: argument '{name}' must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(
+            f"{op}: argument '{name}' must be {want} {layout}, got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+
+
+def check_same(op: str, ref_name: str, ref: Tensor, others: dict[str, Tensor]) -> None:
+    """dtype and device of every tensor must equal those of ``ref``."""
+    if ref.dtype not in _DTYPES:
+        raise ValueError(
+            f"{op}: argument '{ref_name}' has dtype {_fmt_dtype(ref.dtype)}, "
+            f"expected one of {[_fmt_dtype(d) for d in _DTYPES]}"
+        )
+    for name, t in others.items():
+        if t.dtype != ref.dtype:
+            raise ValueError(
+                f"{op}: argument '{name}' has dtype {_fmt_dtype(t.dtype)}, expected {_fmt_dtype(ref.dtype)} "
+                f"(the dtype of '{ref_name}')"
+            )
+        if t.device != ref.device:
+            raise ValueError(
+                f"{op}: argument '{name}' is on device {t.device}, expected {ref.device} (the device of '{ref_name}')"
+            )
+
+
+def check_dim(op: str, name: str, x: Tensor, dim: int, expected: int, what: str) -> None:
+    if x.shape[dim] != expected:
+        raise ValueError(
+            f"{op}: argument '{name}' has shape {tuple(x.shape)}: {what} is {x.shape[dim]}, expected {expected}"
+        )
+
+
+def check_head_dim(op: str, name: str, x: Tensor) -> None:
+    if x.shape[-1] == 0:
+        raise ValueError(f"{op}: argument '{name}' has an empty head dim (shape {tuple(x.shape)}), expected head_dim >= 1")
+
+
+def resolve_scale(op: str, scale, head_dim: int) -> float:
+    if scale is None:
+        return head_dim**-0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{op}: argument 'scale' must be a finite float or None, got {scale!r}")
+    return float(scale)
+
+
+# --- the custom-op frame ----------------------------------------------------------
+
+
+class AttentionOp:
+    """Registers ``xclip::<name>``, ``<name>_fwd`` and ``<name>_bwd`` for one op.
+
+    ``describe(*tensors) -> OpInputs`` validates the tensor arguments (raising
+    ValueError) and describes them for dispatch. ``out_shape(*tensors)`` gives
+    the output's shape; ``lse_shape`` likewise. ``matmul_flops(*shapes)`` is
+    the FLOP count of one ``q @ k.T`` (equal to that of ``p @ v``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        arg_names: Sequence[str],
+        describe: Callable[..., OpInputs],
+        out_shape: Callable[..., tuple],
+        lse_shape: Callable[..., tuple],
+        matmul_flops: Callable[..., int],
+    ) -> None:
+        self.name = name
+        self.arg_names = tuple(arg_names)
+        self.n = len(arg_names)
+        self.describe = describe
+        self.out_shape = out_shape
+        self.lse_shape = lse_shape
+        self.matmul_flops = matmul_flops
+
+        targs = ", ".join(f"Tensor {a}" for a in self.arg_names)
+        grads = ", ".join(f"Tensor d{a}" for a in self.arg_names)
+        _lib.define(f"{name}_fwd({targs}, float scale, str backend) -> (Tensor out, Tensor lse)")
+        _lib.define(
+            f"{name}_bwd(Tensor grad_out, {targs}, Tensor out, Tensor lse, float scale, str backend) -> ({grads})"
+        )
+        _lib.define(f"{name}({targs}, *, float? scale=None, str? backend=None) -> Tensor")
+        _lib.impl(f"{name}_fwd", self._fwd_impl, "CompositeExplicitAutograd")
+        _lib.impl(f"{name}_bwd", self._bwd_impl, "CompositeExplicitAutograd")
+        _lib.impl(name, self._public_impl, "CompositeImplicitAutograd")
+        torch.library.register_fake(f"xclip::{name}_fwd", self._fwd_fake, lib=_lib)
+        torch.library.register_fake(f"xclip::{name}_bwd", self._bwd_fake, lib=_lib)
+        torch.library.register_autograd(
+            f"xclip::{name}_fwd", self._autograd_bwd, setup_context=self._setup_context, lib=_lib
+        )
+        if hasattr(torch.ops.xclip, f"{name}_fwd_cuda"):  # the compiled extension's kernel ops
+            torch.library.register_fake(f"xclip::{name}_fwd_cuda", self._fwd_fake, lib=_lib)
+            torch.library.register_fake(f"xclip::{name}_bwd_cuda", self._bwd_fake, lib=_lib)
+        self.fwd_op = getattr(torch.ops.xclip, f"{name}_fwd")
+        self.bwd_op = getattr(torch.ops.xclip, f"{name}_bwd")
+        self.op = getattr(torch.ops.xclip, name)
+
+        n = self.n
+
+        @register_flop_formula(self.fwd_op)
+        def _fwd_flops(*args, out_shape=None, **kwargs) -> int:
+            return 2 * self.matmul_flops(*args[:n])
+
+        @register_flop_formula(self.bwd_op)
+        def _bwd_flops(*args, out_shape=None, **kwargs) -> int:
+            # score recompute, dP, dV, dQ, dK: as torch counts SDPA's backward
+            return 5 * self.matmul_flops(*args[1 : 1 + n])
+
+    # The public function (SPEC.md): keyword-only scale and backend.
+    def __call__(self, *tensors, scale=None, backend=None) -> Tensor:
+        if len(tensors) != self.n:
+            raise TypeError(f"{self.name}() takes {self.n} tensors ({', '.join(self.arg_names)}), got {len(tensors)}")
+        return self.op(*tensors, scale=scale, backend=backend)
+
+    def _resolve(self, tensors, scale, backend) -> tuple[OpInputs, float, str]:
+        inputs = self.describe(*tensors)
+        scale = resolve_scale(self.name, scale, inputs.head_dim)
+        name = select_backend(inputs, None if backend in (None, "") else backend)
+        return inputs, scale, name
+
+    def _public_impl(self, *args, scale=None, backend=None):
+        tensors = args[: self.n]
+        if len(args) > self.n:  # the dispatcher may pass them positionally
+            scale, backend = (tuple(args[self.n :]) + (backend,))[:2]
+        _, scale, name = self._resolve(tensors, scale, backend)
+        out, _ = self.fwd_op(*tensors, scale, name)
+        return out
+
+    @staticmethod
+    def _empty(inputs: OpInputs) -> bool:
+        return inputs.batch_heads == 0 or inputs.q_len == 0
+
+    def _fwd_impl(self, *args):
+        tensors, scale, backend = args[: self.n], args[self.n], args[self.n + 1]
+        inputs, scale, name = self._resolve(tensors, scale, backend)
+        if self._empty(inputs):
+            return self._fwd_fake(*args)
+        out, lse = BACKENDS[name].forward(self.name, tensors, scale)
+        return out.contiguous(), lse.contiguous()
+
+    def _fwd_fake(self, *args):
+        tensors = args[: self.n]
+        inputs = self.describe(*tensors)
+        q = tensors[0]
+        stat = torch.float64 if q.dtype == torch.float64 else torch.float32
+        out = q.new_zeros(self.out_shape(*tensors))
+        lse = torch.zeros(self.lse_shape(*tensors), dtype=stat, device=q.device)
+        del inputs
+        return out, lse
+
+    def _bwd_impl(self, do, *args):
+        tensors = args[: self.n]
+        out, lse, scale, backend = args[self.n : self.n + 4]
+        inputs, scale, name = self._resolve(tensors, scale, backend)
+        if self._empty(inputs):
+            return self._bwd_fake(do, *args)
+        grads = BACKENDS[name].backward(self.name, do, tensors, out, lse, scale)
+        return tuple(g.contiguous() for g in grads)
+
+    def _bwd_fake(self, do, *args):
+        return tuple(torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in args[: self.n])
+
+    def _setup_context(self, ctx, inputs, output):
+        tensors, scale, backend = inputs[: self.n], inputs[self.n], inputs[self.n + 1]
+        out, lse = output
+        ctx.save_for_backward(*tensors, out, lse)
+        ctx.scale = scale
+        ctx.backend = backend
+        ctx.mark_non_differentiable(lse)
+
+    def _autograd_bwd(self, ctx, grad_out, grad_lse):
+        saved = ctx.saved_tensors
+        tensors, out, lse = saved[: self.n], saved[self.n], saved[self.n + 1]
+        if grad_out is None:
+            grad_out = torch.zeros_like(out)
+        grads = self.bwd_op(grad_out, *tensors, out, lse, ctx.scale, ctx.backend)
+        needs = ctx.needs_input_grad
+        return tuple(g if needs[i] else None for i, g in enumerate(grads)) + (None, None)
