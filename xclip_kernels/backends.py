@@ -81,9 +81,7 @@ class Backend:
 
     def not_supported_reasons(self, inputs: OpInputs) -> list[str]:
         st = self.status()
-        if not st.available:
-            return [st.reason]
-        reasons = []
+        reasons = [] if st.available else [st.reason]
         dev = self.device_reason(inputs.device)
         if dev:
             reasons.append(dev)
@@ -92,7 +90,8 @@ class Backend:
             reasons.append(f"dtype {str(inputs.dtype).replace('torch.', '')} not supported (supports {names})")
         if self.head_dims is not None and inputs.head_dim not in self.head_dims:
             reasons.append(f"head_dim {inputs.head_dim} not supported (supports {list(self.head_dims)})")
-        reasons.extend(self.extra_reasons(inputs))
+        if st.available:  # op-specific limits of a backend that can run at all
+            reasons.extend(self.extra_reasons(inputs))
         return reasons
 
     def forward(self, op: str, tensors: Sequence[Tensor], scale: float):  # pragma: no cover

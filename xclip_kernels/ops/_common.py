@@ -154,6 +154,7 @@ class AttentionOp:
     def __call__(self, *tensors, scale=None, backend=None) -> Tensor:
         if len(tensors) != self.n:
             raise TypeError(f"{self.name}() takes {self.n} tensors ({', '.join(self.arg_names)}), got {len(tensors)}")
+        self.describe(*tensors)  # clear ValueErrors before the dispatcher's own type errors
         return self.op(*tensors, scale=scale, backend=backend)
 
     def _resolve(self, tensors, scale, backend) -> tuple[OpInputs, float, str]:
