@@ -70,3 +70,23 @@ def test_self_check_runs_and_passes():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Backends:" in r.stdout and "all checks passed" in r.stdout
     assert "torch" in r.stdout and "PASS" in r.stdout
+
+
+def test_package_works_without_the_extension():
+    """As after XCLIP_KERNELS_SKIP_CUDA_BUILD=1: _C absent, the torch backend still runs."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'xclip_kernels._C':\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch, xclip_kernels as xk\n"
+        "st = xk.available_backends()['cuda']\n"
+        "assert not st.available and ('not built' in st.reason or 'not importable' in st.reason), st\n"
+        "q = torch.randn(2, 3, 2, 8)\n"
+        "assert xk.cross_frame_attn(q, q, q).shape == q.shape\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]

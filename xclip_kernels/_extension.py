@@ -24,11 +24,12 @@ except ImportError:
 
 if build_info.get("cuda_extension") is False:
     error = f"CUDA extension not built ({build_info.get('skip_reason', 'skipped at build time')})"
-elif importlib.util.find_spec("xclip_kernels._C") is None:
-    error = "CUDA extension xclip_kernels._C not built (no nvcc at install time, or not installed with pip)"
 else:
     try:
-        from . import _C  # noqa: F401  (registers the xclip::*_cuda ops)
+        if importlib.util.find_spec("xclip_kernels._C") is None:
+            error = "CUDA extension xclip_kernels._C not built (no nvcc at install time, or not installed with pip)"
+        else:
+            from . import _C  # noqa: F401  (registers the xclip::*_cuda ops)
     except ImportError as e:
         error = f"CUDA extension xclip_kernels._C not importable ({e})"
 
