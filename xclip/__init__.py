@@ -1,0 +1,5 @@
+"""X-CLIP video recognition on the fused attention kernels of ``xclip_kernels``."""
+
+from .model import XCLIP, XCLIPConfig, create_model, load_pretrained, tokenize
+
+__all__ = ["XCLIP", "XCLIPConfig", "create_model", "load_pretrained", "tokenize"]

@@ -1,0 +1,15 @@
+"""The X-CLIP model: configuration, modules, checkpoints (OpenAI CLIP, official X-CLIP, Hugging Face), tokenizer."""
+
+from .config import ARCHS, XCLIPConfig, arch_config
+from .model import XCLIP, create_model
+from .tokenizer import Tokenizer, tokenize
+
+
+def load_pretrained(path, num_frames=None, **kwargs):
+    """Load an OpenAI CLIP, official X-CLIP or Hugging Face X-CLIP checkpoint (see :mod:`xclip.model.checkpoints`)."""
+    from .checkpoints import load_pretrained as _load
+
+    return _load(path, num_frames=num_frames, **kwargs)
+
+
+__all__ = ["XCLIP", "XCLIPConfig", "ARCHS", "arch_config", "create_model", "load_pretrained", "tokenize", "Tokenizer"]
