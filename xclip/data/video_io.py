@@ -1,0 +1,227 @@
+"""Video decoding and writing.
+
+Two decoders share one interface (:class:`VideoReader`):
+
+* ``"decord"``: ``decord.VideoReader`` with a configurable number of decode
+  threads; fast random access (``get_batch``).
+* ``"pyav"``: PyAV (FFmpeg bindings). Decodes sequentially from the start and
+  keeps only the requested frames, stopping after the last one. Slower on long
+  videos, but opens files and runs on machines decord cannot handle (no
+  decord wheel, some codecs / containers).
+
+``open_video(path, decoder="auto")`` tries decord first and falls back to
+PyAV. Frames come back as a ``uint8`` tensor ``[T, H, W, 3]`` (RGB). Any
+failure to open or decode raises :class:`VideoDecodeError` naming the file.
+
+``write_video(path, frames [T, H, W, 3] uint8, fps=8)`` encodes with libx264
+(yuv420p), used by the tests and the demo's synthetic data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+__all__ = ["VideoDecodeError", "VideoReader", "DecordReader", "PyAVReader", "open_video",
+           "decoder_available", "write_video"]
+
+DECODERS = ("auto", "decord", "pyav")
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be opened or decoded (the message names the file)."""
+
+
+def decoder_available(name: str) -> bool:
+    try:
+        if name == "decord":
+            import decord  # noqa: F401
+        elif name == "pyav":
+            import av  # noqa: F401
+        else:
+            return False
+    except Exception:
+        return False
+    return True
+
+
+class VideoReader:
+    """Interface: ``len(reader)`` frames, ``reader.get_frames(indices)`` -> uint8 ``[T, H, W, 3]``."""
+
+    path: str
+    name: str = "?"
+
+    def __len__(self) -> int:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_indices(self, indices: Sequence[int]) -> list[int]:
+        n = len(self)
+        idx = [int(i) for i in indices]
+        bad = [i for i in idx if i < 0 or i >= n]
+        if bad:
+            raise ValueError(f"{self.path}: frame indices {bad[:5]} out of range for {n} frames")
+        return idx
+
+
+class DecordReader(VideoReader):
+    name = "decord"
+
+    def __init__(self, path: str, num_threads: int = 1):
+        import decord
+
+        self.path = path
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=int(num_threads))
+            self._n = len(self._vr)
+        except Exception as e:  # decord raises DECORDError / RuntimeError
+            raise VideoDecodeError(f"decord cannot open {path}: {e}".splitlines()[0]) from e
+        if self._n <= 0:
+            raise VideoDecodeError(f"decord: {path} has no frames")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = self._check_indices(indices)
+        try:
+            arr = self._vr.get_batch(idx).asnumpy()
+        except Exception as e:
+            raise VideoDecodeError(f"decord cannot decode frames {idx[:8]} of {self.path}: {e}".splitlines()[0]) from e
+        return torch.from_numpy(np.ascontiguousarray(arr))
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVReader(VideoReader):
+    """Sequential PyAV decoder.
+
+    The frame count comes from the stream header when present, otherwise from
+    counting the stream's packets (no decoding). If the header overstates the
+    count, requests past the last decodable frame get the last frame.
+    """
+
+    name = "pyav"
+
+    def __init__(self, path: str, num_threads: int = 1):
+        import av
+
+        self.path = path
+        self._threads = max(int(num_threads), 0)
+        try:
+            with av.open(path) as c:
+                if not c.streams.video:
+                    raise VideoDecodeError(f"pyav: {path} has no video stream")
+                s = c.streams.video[0]
+                n = int(s.frames or 0)
+                if n <= 0:
+                    n = sum(1 for p in c.demux(s) if p.size > 0)
+        except VideoDecodeError:
+            raise
+        except Exception as e:
+            raise VideoDecodeError(f"pyav cannot open {path}: {e}".splitlines()[0]) from e
+        if n <= 0:
+            raise VideoDecodeError(f"pyav: {path} has no frames")
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        import av
+
+        idx = self._check_indices(indices)
+        wanted = sorted(set(idx))
+        got: dict[int, np.ndarray] = {}
+        last_frame = None
+        count = 0
+        try:
+            with av.open(self.path) as c:
+                s = c.streams.video[0]
+                if self._threads != 1:
+                    s.thread_type = "AUTO"
+                    s.thread_count = self._threads
+                for j, frame in enumerate(c.decode(s)):
+                    last_frame = frame
+                    if j == wanted[count]:
+                        got[j] = frame.to_ndarray(format="rgb24")
+                        count += 1
+                        if count == len(wanted):
+                            break
+        except Exception as e:
+            raise VideoDecodeError(f"pyav cannot decode {self.path}: {e}".splitlines()[0]) from e
+        if count < len(wanted):
+            # The header overstated the frame count: repeat the last decodable frame.
+            if last_frame is None:
+                raise VideoDecodeError(f"pyav: no frame of {self.path} could be decoded")
+            fill = last_frame.to_ndarray(format="rgb24")
+            for k in wanted[count:]:
+                got[k] = fill
+        return torch.from_numpy(np.stack([got[i] for i in idx]))
+
+
+def open_video(path: str | os.PathLike, decoder: str = "auto", num_threads: int = 1) -> VideoReader:
+    """Open ``path`` with ``decoder`` ("auto" = decord, then PyAV on failure)."""
+    path = os.fspath(path)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"video file {path} does not exist")
+    if decoder == "decord":
+        return DecordReader(path, num_threads)
+    if decoder == "pyav":
+        return PyAVReader(path, num_threads)
+    errors = []
+    if decoder_available("decord"):
+        try:
+            return DecordReader(path, num_threads)
+        except VideoDecodeError as e:
+            errors.append(str(e))
+    try:
+        return PyAVReader(path, num_threads)
+    except VideoDecodeError as e:
+        errors.append(str(e))
+    raise VideoDecodeError("; ".join(errors))
+
+
+def write_video(path: str | os.PathLike, frames, fps: int = 8, crf: int = 18) -> None:
+    """Encode ``frames`` (uint8 ``[T, H, W, 3]`` tensor or array, RGB) as H.264 mp4.
+
+    H and W must be even (yuv420p). ``crf`` trades size for quality (0 = lossless).
+    """
+    import av
+
+    arr = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"write_video: frames must be [T, H, W, 3], got shape {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"write_video: frames must be uint8, got {arr.dtype}")
+    t, h, w, _ = arr.shape
+    if t < 1 or h % 2 or w % 2:
+        raise ValueError(f"write_video: need T >= 1 and even H, W for yuv420p, got T={t}, H={h}, W={w}")
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))) or ".", exist_ok=True)
+    with av.open(os.fspath(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=Fraction(int(fps)))
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"crf": str(int(crf)), "preset": "veryfast"}
+        for f in arr:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
