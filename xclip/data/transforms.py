@@ -34,7 +34,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "scale_size", "MultiScaleCrop", "train_transform",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "scale_size", "MultiScaleCrop", "RandomGrayscale", "train_transform",
            "test_transform", "three_crop", "normalize", "as_unit_mean_std"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -97,6 +97,31 @@ class MultiScaleCrop(v2.Transform):
         return self._call_kernel(F.resized_crop, inpt, **params, size=[self.size, self.size], antialias=True)
 
 
+class RandomGrayscale(v2.Transform):
+    """Grayscale (kept as 3 channels) with probability ``p``.
+
+    torchvision's ``v2.RandomGrayscale`` passes ``tv_tensors.Video`` through
+    unchanged (no video kernel for ``rgb_to_grayscale`` in torchvision 0.29), so
+    the video pipeline uses this one, which applies the same functional op to the
+    video's frames.
+    """
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"RandomGrayscale: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return dict(apply=bool(torch.rand(()) < self.p))
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"] or not isinstance(inpt, torch.Tensor):
+            return inpt
+        out = F.rgb_to_grayscale(inpt.as_subclass(torch.Tensor), num_output_channels=3)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
 def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Transform:
     """uint8 -> float32 in [0, 1] -> (x - mean) / std."""
     m, s = as_unit_mean_std(mean, std)
@@ -113,7 +138,7 @@ def train_transform(input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN
         MultiScaleCrop(input_size, scales),
         v2.RandomHorizontalFlip(flip),
         v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=jitter),
-        v2.RandomGrayscale(grayscale),
+        RandomGrayscale(grayscale),
     ]
     if normalise:
         ops.append(normalize(mean, std))
@@ -176,3 +201,6 @@ def test_transform(input_size: int = 224, num_crops: int = 1, mean: Sequence[flo
                    std: Sequence[float] = IMAGENET_STD, *, normalise: bool = True) -> _TestTransform:
     """The test transform: ``f(uint8 [T, 3, H, W]) -> [num_crops x float [T, 3, S, S]]``."""
     return _TestTransform(input_size, num_crops, mean, std, normalise)
+
+
+test_transform.__test__ = False  # not a pytest test when imported into a test module
