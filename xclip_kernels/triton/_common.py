@@ -32,6 +32,19 @@ LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 128  # BD = next power of two of D (>= 16), masked
 
 
+# Test hook: when True, every buffer the kernels are meant to overwrite starts as
+# NaN, so an element a kernel fails to write shows up as NaN in the result.
+POISON = False
+
+
+def empty(shape, dtype, device) -> torch.Tensor:
+    """torch.empty, filled with NaN when :data:`POISON` is set."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if POISON:
+        t.fill_(float("nan"))
+    return t
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -335,7 +348,7 @@ def attn_bwd_dq_kernel(
 
 def bwd_delta(out: torch.Tensor, do: torch.Tensor, BH: int, H: int, Lq: int, D: int) -> torch.Tensor:
     """float32 rowsum(dO * O), [BH * Lq] (dO with any strides)."""
-    delta = torch.empty(BH * Lq, dtype=torch.float32, device=out.device)
+    delta = empty((BH * Lq,), torch.float32, out.device)
     BM = 64 if not interpreting() else 32
     attn_bwd_delta_kernel[(BH, triton.cdiv(Lq, BM))](
         out, do, delta, *strides4(out), *strides4(do), BH, H, Lq, D, BM=BM, BD=block_d(D),

@@ -52,8 +52,8 @@ def _interp_group(tp: int) -> int:
 def forward(q, k, v, scale):
     B, T, H, D = q.shape
     BH = B * H
-    out = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    out = C.empty((B, T, H, D), q.dtype, q.device)
+    lse = C.empty((B, H, T), torch.float32, q.device)
     bd = C.block_d(D)
     args = (q, k, v, k, v, out, lse,
             *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(k), *C.strides4(v), *C.strides4(out),
@@ -112,9 +112,9 @@ def _cf_bwd_packed_kernel(
 def backward(do, q, k, v, out, lse, scale):
     B, T, H, D = q.shape
     BH = B * H
-    dq = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, T, H, D), dtype=k.dtype, device=q.device)
-    dv = torch.empty((B, T, H, D), dtype=v.dtype, device=q.device)
+    dq = C.empty((B, T, H, D), q.dtype, q.device)
+    dk = C.empty((B, T, H, D), k.dtype, q.device)
+    dv = C.empty((B, T, H, D), v.dtype, q.device)
     bd = C.block_d(D)
     prec = C.dot_precision(q.dtype)
     if T <= PACK_MAX_T:

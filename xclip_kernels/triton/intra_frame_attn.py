@@ -31,8 +31,8 @@ def forward(q, k, v, k_msg, v_msg, scale):
     F, N, H, D = q.shape
     M = k_msg.shape[1]
     BH = F * H
-    out = torch.empty((F, N, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((F, H, N), dtype=torch.float32, device=q.device)
+    out = C.empty((F, N, H, D), q.dtype, q.device)
+    lse = C.empty((F, H, N), torch.float32, q.device)
     bd = C.block_d(D)
     args = (q, k, v, k_msg, v_msg, out, lse,
             *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(k_msg), *C.strides4(v_msg),
@@ -49,11 +49,11 @@ def backward(do, q, k, v, k_msg, v_msg, out, lse, scale):
     M = k_msg.shape[1]
     BH = F * H
     dev = q.device
-    dq = torch.empty((F, N, H, D), dtype=q.dtype, device=dev)
-    dk = torch.empty((F, N, H, D), dtype=k.dtype, device=dev)
-    dv = torch.empty((F, N, H, D), dtype=v.dtype, device=dev)
-    dkm = torch.empty((F, M, H, D), dtype=k_msg.dtype, device=dev)
-    dvm = torch.empty((F, M, H, D), dtype=v_msg.dtype, device=dev)
+    dq = C.empty((F, N, H, D), q.dtype, dev)
+    dk = C.empty((F, N, H, D), k.dtype, dev)
+    dv = C.empty((F, N, H, D), v.dtype, dev)
+    dkm = C.empty((F, M, H, D), k_msg.dtype, dev)
+    dvm = C.empty((F, M, H, D), v_msg.dtype, dev)
     bd = C.block_d(D)
     prec = C.dot_precision(q.dtype)
     delta = C.bwd_delta(out, do, BH, H, N, D)

@@ -31,8 +31,8 @@ def forward(q, k, v, scale):
     B, N, H, D = k.shape
     K = q.shape[-3]
     BH = B * H
-    out = torch.empty((B, K, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, K), dtype=torch.float32, device=q.device)
+    out = C.empty((B, K, H, D), q.dtype, q.device)
+    lse = C.empty((B, H, K), torch.float32, q.device)
     bd = C.block_d(D)
     args = (q, k, v, k, v, out, lse,
             *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(k), *C.strides4(v), *C.strides4(out),
@@ -93,14 +93,14 @@ def backward(do, q, k, v, out, lse, scale):
     K = q.shape[-3]
     BH = B * H
     dev = q.device
-    dk = torch.empty((B, N, H, D), dtype=k.dtype, device=dev)
-    dv = torch.empty((B, N, H, D), dtype=v.dtype, device=dev)
+    dk = C.empty((B, N, H, D), k.dtype, dev)
+    dv = C.empty((B, N, H, D), v.dtype, dev)
     bd = C.block_d(D)
     prec = C.dot_precision(q.dtype)
     delta = C.bwd_delta(out, do, BH, H, K, D)
     C.dkdv(q, k, v, do, lse, delta, dk, dv, BH, H, K, N, D, scale, "pc_dkdv")
     if q.dim() == 4:
-        dq = torch.empty((B, K, H, D), dtype=q.dtype, device=dev)
+        dq = C.empty((B, K, H, D), q.dtype, dev)
         args = (q, k, v, k, v, do, lse, delta, dq,
                 *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(k), *C.strides4(v),
                 *C.strides4(do), *C.strides4(dq), BH, H, K, N, 0, D, scale)
@@ -111,7 +111,7 @@ def backward(do, q, k, v, out, lse, scale):
     S = _num_splits(B, H, K)
     b_per = triton.cdiv(B, S)
     S = triton.cdiv(B, b_per)
-    part = torch.empty((S, K, H, D), dtype=torch.float32, device=dev)
+    part = C.empty((S, K, H, D), torch.float32, dev)
     args = (q, k, v, do, lse, delta, part,
             *q.stride(), *C.strides4(k), *C.strides4(v), *C.strides4(do), *part.stride(),
             B, H, K, N, D, scale, b_per)
