@@ -1,0 +1,94 @@
+"""AdamW with the X-CLIP parameter groups.
+
+Four kinds of parameter: CLIP parts at the base learning rate and the new
+video modules (cross-frame ``message_*``, the multi-frame integration
+transformer ``mit.``, the video-specific prompt generator ``prompts_``) at
+``new_module_lr_mult`` times it; each split again into decayed matrices and
+undecayed 1-D parameters, biases and positional / class embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["NEW_MODULE_KEYWORDS", "NO_DECAY_KEYWORDS", "is_new_module", "is_no_decay", "param_groups", "build_optimizer", "freeze_text"]
+
+NEW_MODULE_KEYWORDS = ("message_", "mit.", "prompts_")
+# Embeddings that take no weight decay even though they are not 1-D.
+NO_DECAY_KEYWORDS = ("positional_embedding", "class_embedding", "logit_scale")
+# Parameters the official FIX_TEXT leaves trainable: the video side.
+VIDEO_SIDE_KEYWORDS = ("visual.", "mit.", "prompts_", "message_")
+
+
+def is_new_module(name: str) -> bool:
+    return any(k in name for k in NEW_MODULE_KEYWORDS) or name.startswith("mit") or name.startswith("prompts")
+
+
+def is_no_decay(name: str, param: torch.Tensor) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_KEYWORDS)
+
+
+def freeze_text(model: nn.Module) -> list[str]:
+    """Freeze everything except the video side (official FIX_TEXT); returns the frozen names."""
+    frozen = []
+    for name, p in model.named_parameters():
+        if not any(k in name for k in VIDEO_SIDE_KEYWORDS) and not name.startswith(("mit", "prompts")):
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def param_groups(
+    named_params: Iterable[tuple[str, torch.Tensor]],
+    *,
+    lr: float,
+    weight_decay: float,
+    new_module_lr_mult: float = 10.0,
+) -> list[dict]:
+    """Split trainable parameters into up to four AdamW groups.
+
+    Each group carries ``name``, ``lr`` and ``base_lr`` (what the schedule
+    scales), ``weight_decay`` and ``param_names`` (for logging and tests).
+    Frozen parameters (``requires_grad=False``) are left out.
+    """
+    if lr < 0 or weight_decay < 0 or new_module_lr_mult < 0:
+        raise ValueError(f"lr, weight_decay and new_module_lr_mult must be >= 0, got {lr}, {weight_decay}, {new_module_lr_mult}")
+    buckets: dict[tuple[bool, bool], tuple[list, list]] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        key = (is_new_module(name), is_no_decay(name, p))
+        buckets.setdefault(key, ([], []))
+        buckets[key][0].append(p)
+        buckets[key][1].append(name)
+    groups = []
+    for (new, no_decay) in [(False, False), (False, True), (True, False), (True, True)]:
+        if (new, no_decay) not in buckets:
+            continue
+        params, names = buckets[(new, no_decay)]
+        group_lr = lr * (new_module_lr_mult if new else 1.0)
+        groups.append({
+            "params": params,
+            "param_names": names,
+            "name": f"{'new' if new else 'clip'}_{'no_decay' if no_decay else 'decay'}",
+            "lr": group_lr,
+            "base_lr": group_lr,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        })
+    if not groups:
+        raise ValueError("the model has no trainable parameters (all requires_grad=False)")
+    return groups
+
+
+def build_optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.AdamW:
+    groups = param_groups(
+        model.named_parameters(),
+        lr=float(train_cfg["lr"]),
+        weight_decay=float(train_cfg["weight_decay"]),
+        new_module_lr_mult=float(train_cfg.get("new_module_lr_mult", 10.0)),
+    )
+    betas = tuple(float(b) for b in train_cfg.get("betas", (0.9, 0.98)))
+    return torch.optim.AdamW(groups, lr=float(train_cfg["lr"]), betas=betas, eps=float(train_cfg.get("eps", 1e-8)))
