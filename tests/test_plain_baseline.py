@@ -1,0 +1,145 @@
+"""The plain-PyTorch baseline (benchmarks/plain_xclip.py) computes what our model computes.
+
+It loads our model's weights unchanged (official key layout) and gives the
+same logits, features and gradients in float32, so the speed comparison in
+``xclip bench`` is between two implementations of one function.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import xclip
+from xclip.bench import TINY_ARCH, load_plain_module
+
+plain_xclip = load_plain_module()
+PlainXCLIP = plain_xclip.PlainXCLIP
+
+
+def _heads(cfg) -> dict:
+    return dict(
+        vision_heads=cfg.vision_num_heads,
+        text_heads=cfg.transformer_heads,
+        mit_heads=cfg.mit_num_heads,
+        prompt_heads=cfg.prompt_num_heads,
+    )
+
+
+def _pair(seed: int, frames: int = 4, **overrides):
+    torch.manual_seed(seed)
+    ours = xclip.create_model("ViT-B/16", num_frames=frames, **{**TINY_ARCH, **overrides}).set_attn_backend("torch")
+    # perturb every parameter so that no zero bias / unit norm hides a mismatch
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    plain = PlainXCLIP.from_state_dict(ours.state_dict(), **_heads(ours.config))
+    return ours.eval(), plain.eval()
+
+
+def _inputs(cfg, batch: int, frames: int, classes: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.randn(batch, frames, 3, cfg.image_resolution, cfg.image_resolution, generator=g)
+    texts = [f"a video of class number {k} {'and more ' * k}" for k in range(classes)]
+    return video, xclip.tokenize(texts)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+@pytest.mark.parametrize(
+    "seed, frames, batch, classes, overrides",
+    [
+        (0, 4, 2, 5, {}),
+        (1, 3, 1, 1, dict(mit_layers=2, prompt_layers=1)),
+        (2, 8, 3, 7, dict(vision_heads=1, mit_heads=4, prompt_heads=1, prompt_layers=3)),
+    ],
+)
+def test_same_logits_as_our_model(seed, frames, batch, classes, overrides):
+    ours, plain = _pair(seed, frames, **overrides)
+    video, tokens = _inputs(ours.config, batch, frames, classes, seed)
+    with torch.no_grad():
+        t_ours, t_plain = ours.encode_text(tokens), plain.encode_text(tokens)
+        v_ours, p_ours = ours.encode_video(video)
+        v_plain, p_plain = plain.encode_video(video)
+        logits_ours = ours(video, tokens)
+        logits_plain = plain(video, tokens)
+    assert _rel(t_plain, t_ours) < 1e-5
+    assert _rel(v_plain, v_ours) < 1e-5
+    assert p_plain.shape == p_ours.shape
+    assert _rel(p_plain, p_ours) < 1e-5
+    assert logits_plain.shape == (batch, classes)
+    assert torch.isfinite(logits_plain).all()
+    assert _rel(logits_plain, logits_ours) < 1e-5
+    # the logits are not trivially equal (e.g. all one value): classes are told apart
+    if logits_ours.numel() > 1:
+        assert logits_ours.std() > 1e-3
+
+
+def test_same_state_dict_keys_and_shapes():
+    ours, plain = _pair(3)
+    a, b = ours.state_dict(), plain.state_dict()
+    assert set(a) == set(b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    # and back: plain weights load strictly into our model
+    ours2 = xclip.create_model("ViT-B/16", num_frames=4, **TINY_ARCH)
+    ours2.load_state_dict(b, strict=True)
+
+
+def test_same_gradients_frozen_text():
+    ours, plain = _pair(4)
+    video, tokens = _inputs(ours.config, 2, 4, 3, 4)
+    labels = torch.tensor([2, 0])
+    grads = []
+    for m in (ours, plain):
+        m.train()
+        with torch.no_grad():
+            text = m.encode_text(tokens)
+        v, p = m.encode_video(video)
+        F.cross_entropy(m.logits_from_features(v, p, text), labels).backward()
+        grads.append({n: q.grad for n, q in m.named_parameters() if q.grad is not None})
+    g_ours, g_plain = grads
+    assert set(g_ours) == set(g_plain)
+    assert any(k.startswith("visual.transformer.resblocks.0.message_attn") for k in g_ours)
+    for name in g_ours:
+        assert _rel(g_plain[name], g_ours[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("arch", ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336"])
+def test_full_size_architectures_match(arch):
+    with torch.device("meta"):
+        ours = xclip.create_model(arch, num_frames=16)
+        cfg = PlainXCLIP.config_from_state_dict(ours.state_dict())
+        plain = PlainXCLIP(cfg)
+    assert cfg.num_frames == 16
+    assert cfg.vision_heads == ours.config.vision_num_heads
+    assert cfg.text_heads == ours.config.transformer_heads
+    assert (cfg.vision_layers, cfg.vision_width, cfg.vision_patch_size, cfg.image_resolution) == (
+        ours.config.vision_layers,
+        ours.config.vision_width,
+        ours.config.vision_patch_size,
+        ours.config.image_resolution,
+    )
+    a, b = ours.state_dict(), plain.state_dict()
+    assert set(a) == set(b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    # the named-arch constructor agrees with the inferred one
+    assert plain_xclip.ARCHS[arch]["vision_heads"] == cfg.vision_heads
+
+
+def test_bad_inputs_raise_value_error():
+    _, plain = _pair(5)
+    with pytest.raises(ValueError, match="frames"):
+        plain.encode_video(torch.randn(1, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\[B, T, 3, H, W\]"):
+        plain.encode_video(torch.randn(4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\[K, L\]"):
+        plain.encode_text(torch.zeros(77, dtype=torch.long))
+    with pytest.raises(ValueError, match="missing"):
+        PlainXCLIP.from_state_dict({"foo": torch.zeros(1)})
+    with pytest.raises(ValueError, match="unknown arch"):
+        PlainXCLIP.from_arch("ViT-H/99")
+    with pytest.raises(ValueError, match="overrides"):
+        PlainXCLIP.config_from_state_dict(plain.state_dict(), heads=3)
