@@ -1,0 +1,315 @@
+"""Hugging Face X-CLIP format: config and state-dict conversion, ``save_pretrained``.
+
+transformers is not needed to read or write the format: ``config.json`` is
+plain JSON and the weights are safetensors (or ``pytorch_model.bin`` read with
+``torch.load(weights_only=True)``).
+
+Key correspondence (official -> Hugging Face), blocks ``B.{i}.`` being
+``visual.transformer.resblocks`` -> ``vision_model.encoder.layers``,
+``transformer.resblocks`` -> ``text_model.encoder.layers`` and
+``mit.resblocks`` -> ``mit.encoder.layers``:
+``attn.in_proj_{weight,bias}`` -> ``self_attn.{q,k,v}_proj.*`` (split in three),
+``attn.out_proj`` -> ``self_attn.out_proj``, ``message_attn.in_proj_*`` ->
+``message_attn.{q,k,v}_proj.*``, ``ln_1/ln_2`` -> ``layer_norm1/2``,
+``mlp.c_fc/c_proj`` -> ``mlp.fc1/fc2``; ``visual.proj`` and ``text_projection``
+are stored transposed as ``visual_projection.weight`` / ``text_projection.weight``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .config import XCLIPConfig
+
+__all__ = ["config_to_hf", "config_from_hf", "to_hf_state_dict", "from_hf_state_dict", "save_pretrained",
+           "read_hf_directory"]
+
+_BLOCK_PREFIXES = (
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+    ("mit.resblocks.", "mit.encoder.layers."),
+)
+_BLOCK_SUFFIXES = (  # (official, hf), excluding the packed in_proj
+    ("attn.out_proj.", "self_attn.out_proj."),
+    ("message_attn.out_proj.", "message_attn.out_proj."),
+    ("ln_1.", "layer_norm1."),
+    ("ln_2.", "layer_norm2."),
+    ("mlp.c_fc.", "mlp.fc1."),
+    ("mlp.c_proj.", "mlp.fc2."),
+    ("message_fc.", "message_fc."),
+    ("message_ln.", "message_ln."),
+)
+_PACKED = (("attn.", "self_attn."), ("message_attn.", "message_attn."))
+_TOP = (  # (official, hf) exact names or prefixes ending in "."
+    ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
+    ("visual.ln_pre.", "vision_model.pre_layernorm."),
+    ("visual.ln_post.", "vision_model.post_layernorm."),
+    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    ("ln_final.", "text_model.final_layer_norm."),
+    ("logit_scale", "logit_scale"),
+    ("prompts_visual_ln.", "prompts_visual_layernorm."),
+    ("prompts_visual_proj", "prompts_visual_projection"),
+    ("mit.positional_embedding", "mit.position_embedding"),
+    ("prompts_generator.norm.", "prompts_generator.layernorm."),
+    ("prompts_generator.decoder.", "prompts_generator.decoder."),
+    ("prompts_generator.alpha", "prompts_generator.alpha"),
+)
+_TRANSPOSED = (("visual.proj", "visual_projection.weight"), ("text_projection", "text_projection.weight"))
+
+
+def _map_top(key: str, table, src: int) -> str | None:
+    for pair in table:
+        a, b = pair[src], pair[1 - src]
+        if a.endswith("."):
+            if key.startswith(a):
+                return b + key[len(a):]
+        elif key == a:
+            return b
+    return None
+
+
+def to_hf_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official-layout state dict -> Hugging Face ``XCLIPModel`` state dict."""
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, t in sd.items():
+        for off, (official, hf) in enumerate(_TRANSPOSED):
+            if key == official:
+                out[hf] = t.t().contiguous()
+                break
+        else:
+            for bo, bh in _BLOCK_PREFIXES:
+                m = re.match(re.escape(bo) + r"(\d+)\.(.*)$", key)
+                if m:
+                    i, rest = m.group(1), m.group(2)
+                    pre = f"{bh}{i}."
+                    for po, ph in _PACKED:
+                        if rest in (po + "in_proj_weight", po + "in_proj_bias"):
+                            kind = "weight" if rest.endswith("weight") else "bias"
+                            for name, part in zip("qkv", t.chunk(3, dim=0)):
+                                out[f"{pre}{ph}{name}_proj.{kind}"] = part.contiguous()
+                            break
+                    else:
+                        new = _map_top(rest, _BLOCK_SUFFIXES, 0)
+                        if new is None:
+                            unknown.append(key)
+                        else:
+                            out[pre + new] = t
+                    break
+            else:
+                new = _map_top(key, _TOP, 0)
+                if new is None:
+                    unknown.append(key)
+                else:
+                    out[new] = t
+    if unknown:
+        raise ValueError(f"cannot map these official-layout keys to the Hugging Face layout: {unknown}")
+    return out
+
+
+def from_hf_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face ``XCLIPModel`` state dict -> official-layout state dict."""
+    out: dict[str, Tensor] = {}
+    packed: dict[str, dict[str, Tensor]] = {}
+    unknown = []
+    for key, t in sd.items():
+        if key.endswith("position_ids"):  # non-persistent buffer in some transformers versions
+            continue
+        for official, hf in _TRANSPOSED:
+            if key == hf:
+                out[official] = t.t().contiguous()
+                break
+        else:
+            for bo, bh in _BLOCK_PREFIXES:
+                m = re.match(re.escape(bh) + r"(\d+)\.(.*)$", key)
+                if m:
+                    i, rest = m.group(1), m.group(2)
+                    pre = f"{bo}{i}."
+                    pm = re.match(r"(self_attn|message_attn)\.([qkv])_proj\.(weight|bias)$", rest)
+                    if pm:
+                        po = "attn." if pm.group(1) == "self_attn" else "message_attn."
+                        packed.setdefault(f"{pre}{po}in_proj_{pm.group(3)}", {})[pm.group(2)] = t
+                    else:
+                        new = _map_top(rest, _BLOCK_SUFFIXES, 1)
+                        if new is None:
+                            unknown.append(key)
+                        else:
+                            out[pre + new] = t
+                    break
+            else:
+                new = _map_top(key, _TOP, 1)
+                if new is None:
+                    unknown.append(key)
+                else:
+                    out[new] = t
+    for key, parts in packed.items():
+        if set(parts) != set("qkv"):
+            unknown.append(f"{key} (has only {sorted(parts)} of q/k/v)")
+            continue
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    if unknown:
+        raise ValueError(f"cannot map these Hugging Face keys to the official X-CLIP layout: {unknown}")
+    return out
+
+
+def config_to_hf(cfg: XCLIPConfig) -> dict:
+    """The ``config.json`` of transformers' ``XCLIPModel`` for this configuration."""
+    if not cfg.cross_frame:
+        raise ValueError("the Hugging Face X-CLIP format has no cross_frame=False variant (no messages, no MIT)")
+    E, r = cfg.embed_dim, cfg.mlp_ratio
+    return {
+        "architectures": ["XCLIPModel"],
+        "model_type": "xclip",
+        "projection_dim": E,
+        "prompt_layers": cfg.prompt_layers,
+        "prompt_alpha": cfg.prompt_alpha,
+        "prompt_hidden_act": "quick_gelu",
+        "prompt_num_attention_heads": cfg.prompt_num_heads,
+        "prompt_attention_dropout": 0.0,
+        "prompt_projection_dropout": 0.0,
+        "logit_scale_init_value": cfg.logit_scale_init,
+        "text_config": {
+            "model_type": "xclip_text_model",
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.transformer_width,
+            "intermediate_size": cfg.transformer_width * r,
+            "num_hidden_layers": cfg.transformer_layers,
+            "num_attention_heads": cfg.transformer_heads,
+            "max_position_embeddings": cfg.context_length,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": cfg.layer_norm_eps,
+            "eos_token_id": 2,  # transformers' legacy <eot> = argmax of the ids, as CLIP / X-CLIP
+        },
+        "vision_config": {
+            "model_type": "xclip_vision_model",
+            "hidden_size": cfg.vision_width,
+            "intermediate_size": cfg.vision_width * r,
+            "num_hidden_layers": cfg.vision_layers,
+            "num_attention_heads": cfg.vision_num_heads,
+            "mit_hidden_size": E,
+            "mit_intermediate_size": E * r,
+            "mit_num_hidden_layers": cfg.mit_layers,
+            "mit_num_attention_heads": cfg.mit_num_heads,
+            "image_size": cfg.image_resolution,
+            "patch_size": cfg.vision_patch_size,
+            "num_frames": cfg.num_frames,
+            "hidden_act": "quick_gelu",
+            "layer_norm_eps": cfg.layer_norm_eps,
+            "drop_path_rate": cfg.drop_path,
+        },
+        "xclip_kernels": {"arch": cfg.arch, "freeze_text": cfg.freeze_text},
+    }
+
+
+def config_from_hf(d: dict) -> XCLIPConfig:
+    """An :class:`XCLIPConfig` from a Hugging Face X-CLIP ``config.json`` dict (transformers' defaults filled in)."""
+    t = {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+         "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+    v = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "mit_hidden_size": 512, "mit_intermediate_size": 2048, "mit_num_hidden_layers": 1,
+         "mit_num_attention_heads": 8, "image_size": 224, "patch_size": 32, "num_frames": 8,
+         "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "drop_path_rate": 0.0}
+    t.update(d.get("text_config") or {})
+    v.update(d.get("vision_config") or {})
+    E = d.get("projection_dim", 512)
+    problems = []
+    for name, sub in (("text_config", t), ("vision_config", v)):
+        if sub.get("hidden_act") != "quick_gelu":
+            problems.append(f"{name}.hidden_act={sub.get('hidden_act')!r} (X-CLIP uses quick_gelu)")
+    if d.get("prompt_hidden_act", "quick_gelu") != "quick_gelu":
+        problems.append(f"prompt_hidden_act={d.get('prompt_hidden_act')!r}")
+    r = t["intermediate_size"] // t["hidden_size"]
+    if t["intermediate_size"] != r * t["hidden_size"] or v["intermediate_size"] != r * v["hidden_size"] or \
+            v["mit_intermediate_size"] != r * E:
+        problems.append(
+            f"MLP sizes not a common multiple of the widths (text {t['intermediate_size']}/{t['hidden_size']}, "
+            f"vision {v['intermediate_size']}/{v['hidden_size']}, mit {v['mit_intermediate_size']}/{E})"
+        )
+    if v["mit_hidden_size"] != E:
+        problems.append(f"vision_config.mit_hidden_size={v['mit_hidden_size']} != projection_dim={E}")
+    if t["layer_norm_eps"] != v["layer_norm_eps"]:
+        problems.append(f"different layer_norm_eps in text ({t['layer_norm_eps']}) and vision ({v['layer_norm_eps']})")
+    if problems:
+        raise ValueError("unsupported Hugging Face X-CLIP config: " + "; ".join(problems))
+    ours = d.get("xclip_kernels") or {}
+    img, patch = v["image_size"], v["patch_size"]
+    img = img[0] if isinstance(img, (list, tuple)) else img
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return XCLIPConfig(
+        embed_dim=E,
+        image_resolution=int(img),
+        vision_layers=v["num_hidden_layers"],
+        vision_width=v["hidden_size"],
+        vision_patch_size=int(patch),
+        context_length=t["max_position_embeddings"],
+        vocab_size=t["vocab_size"],
+        transformer_width=t["hidden_size"],
+        transformer_heads=t["num_attention_heads"],
+        transformer_layers=t["num_hidden_layers"],
+        num_frames=v["num_frames"],
+        mit_layers=v["mit_num_hidden_layers"],
+        prompt_layers=d.get("prompt_layers", 2),
+        prompt_alpha=float(d.get("prompt_alpha", 0.1)),
+        drop_path=float(v.get("drop_path_rate", 0.0)),
+        vision_heads=v["num_attention_heads"],
+        mit_heads=v["mit_num_attention_heads"],
+        prompt_heads=d.get("prompt_num_attention_heads", 8),
+        mlp_ratio=r,
+        layer_norm_eps=float(t["layer_norm_eps"]),
+        logit_scale_init=float(d.get("logit_scale_init_value", 2.6592)),
+        freeze_text=bool(ours.get("freeze_text", False)),
+        arch=ours.get("arch"),
+    )
+
+
+def read_hf_directory(path) -> tuple[XCLIPConfig, dict[str, Tensor]]:
+    """``(config, official-layout state dict)`` of a Hugging Face X-CLIP directory."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise ValueError(f"{path} is a directory without config.json: not a Hugging Face X-CLIP directory")
+    d = json.loads(cfg_file.read_text())
+    if d.get("model_type") not in ("xclip", None):
+        raise ValueError(f"{cfg_file}: model_type is {d.get('model_type')!r}, expected 'xclip'")
+    st, bins = path / "model.safetensors", path / "pytorch_model.bin"
+    if st.exists():
+        from safetensors.torch import load_file
+
+        sd = load_file(str(st))
+    elif bins.exists():
+        sd = torch.load(bins, map_location="cpu", weights_only=True)
+    else:
+        shards = sorted(path.glob("model-*.safetensors"))
+        if not shards:
+            raise ValueError(f"{path}: no model.safetensors, pytorch_model.bin or model-*.safetensors shards")
+        from safetensors.torch import load_file
+
+        sd = {}
+        for s in shards:
+            sd.update(load_file(str(s)))
+    sd = {k[len("x_clip."):] if k.startswith("x_clip.") else k: v for k, v in sd.items()}
+    return config_from_hf(d), from_hf_state_dict(sd)
+
+
+def save_pretrained(model, directory, safe_serialization: bool = True) -> None:
+    """Write ``model`` (an ``xclip.XCLIP``) as a directory transformers' ``XCLIPModel.from_pretrained`` loads."""
+    directory = Path(directory)
+    cfg = config_to_hf(model.config)
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    sd = {k: v.contiguous().clone() for k, v in sd.items()}  # safetensors rejects shared / strided storage
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if safe_serialization:
+        from safetensors.torch import save_file
+
+        save_file(sd, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(sd, directory / "pytorch_model.bin")
