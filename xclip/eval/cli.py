@@ -1,0 +1,193 @@
+"""``xclip eval CONFIG --checkpoint CKPT [--views CLIPSxCROPS] [--zero-shot] [key=value ...]``
+
+Evaluates a checkpoint on the config's test list (``data.test_list``, else
+``data.val_list``) under ``data.root`` with the class names of
+``data.labels`` (prompts ``data.text_template.format(name)``). Views default
+to ``test.num_clips`` x ``test.num_crops``; ``--views 1x1`` for a single view.
+Frames and resolution come from the checkpoint's model config.
+
+``--zero-shot`` evaluates one or more label sets and reports mean ± std:
+
+* ``--split-lists L1 L2 L3`` (and optionally ``--split-labels A B C``, else
+  ``data.labels`` for all): e.g. the three HMDB-51 / UCF-101 test splits
+  (see :mod:`xclip.eval.zeroshot` to build them from the official files);
+* ``--k400-labels K400.csv``: the Kinetics-600 protocol: ``data.labels`` is
+  the K600 label set, the test list K600's; three seeded subsets of 160 novel
+  classes (``--seed``), each evaluated with its own 160 names;
+* neither: the test list with ``data.labels`` (one split).
+
+Writes ``<name>_metrics.json``, ``<name>_per_class.csv`` and
+``<name>_confusion.png`` per evaluation (plus ``zeroshot_summary.json``) into
+``--output`` (default: ``<checkpoint folder>/eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+
+log = logging.getLogger("xclip.eval")
+
+
+def parse_views(s: str) -> tuple[int, int]:
+    try:
+        c, k = s.lower().split("x")
+        c, k = int(c), int(k)
+    except ValueError:
+        raise ValueError(f"--views must look like CLIPSxCROPS (e.g. 4x3), got {s!r}") from None
+    if c < 1 or k not in (1, 3):
+        raise ValueError(f"--views {s!r}: clips must be >= 1 and crops 1 or 3")
+    return c, k
+
+
+def load_eval_config(path: str, overrides: list[str]) -> dict:
+    """The training config (``xclip.train.config.load_config``); plain YAML if that module is absent."""
+    try:
+        from xclip.train.config import load_config
+    except ImportError:  # pragma: no cover - the training package is part of the project
+        import yaml
+
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    return load_config(path, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xclip eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="YAML config (the training config schema)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    p.add_argument("--checkpoint", required=True, help="checkpoint (ours, official X-CLIP, or HF directory)")
+    p.add_argument("--views", default=None, help="CLIPSxCROPS, default test.num_clips x test.num_crops")
+    p.add_argument("--zero-shot", action="store_true", help="zero-shot protocol: mean ± std over splits")
+    p.add_argument("--split-lists", nargs="+", default=None, help="zero-shot: one test list per split")
+    p.add_argument("--split-labels", nargs="+", default=None, help="zero-shot: one labels file per split")
+    p.add_argument("--k400-labels", default=None, help="zero-shot on K600's novel classes (K400 labels CSV)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the K600 novel-class splits")
+    p.add_argument("--list", default=None, help="test list (default data.test_list or data.val_list)")
+    p.add_argument("--labels", default=None, help="labels CSV or comma list (default data.labels)")
+    p.add_argument("--output", default=None, help="output folder (default <checkpoint dir>/eval)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"], help="autocast dtype (default train.amp on CUDA)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _amp_dtype(name: str | None, device: torch.device):
+    if device.type != "cuda" or name in (None, "none"):
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return run(args)
+    except ValueError as e:
+        print(f"xclip eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import torch.distributed as dist
+
+    import xclip
+    from xclip.data import IMAGENET_MEAN, IMAGENET_STD, VideoDataset, build_loader, parse_video_list, read_labels
+
+    from .evaluate import evaluate
+    from .report import write_eval_outputs
+    from .zeroshot import k600_novel_splits, restrict_to_classes, summarise_splits
+
+    cfg = load_eval_config(args.config, args.overrides)
+    data, test = cfg.get("data", {}), cfg.get("test", {})
+    root = data.get("root") or ""
+    list_file = args.list or data.get("test_list") or data.get("val_list")
+    labels_spec = args.labels or data.get("labels")
+    if not list_file and not args.split_lists:
+        raise ValueError("no test list: set data.test_list / data.val_list or pass --list")
+    if not labels_spec and not args.split_labels:
+        raise ValueError("no labels: set data.labels or pass --labels")
+    clips, crops = parse_views(args.views) if args.views else (int(test.get("num_clips", 1) or 1),
+                                                               int(test.get("num_crops", 1) or 1))
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(dev)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    amp_dtype = _amp_dtype(args.amp or cfg.get("train", {}).get("amp"), device)
+
+    model = xclip.load_pretrained(args.checkpoint).to(device).eval()
+    mcfg = model.config
+    template = data.get("text_template") or "{}"
+    mean = data.get("mean") or IMAGENET_MEAN
+    std = data.get("std") or IMAGENET_STD
+    batch_size = args.batch_size or test.get("batch_size") or cfg.get("train", {}).get("batch_size", 8)
+    workers = args.num_workers if args.num_workers is not None else data.get("num_workers", 2)
+    out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+
+    def run_one(name: str, items, class_names: list[str]) -> dict:
+        ds = VideoDataset(items, root, num_frames=mcfg.num_frames, mode="test", input_size=mcfg.image_resolution,
+                          num_clips=clips, num_crops=crops, sampling=data.get("sampling", "segment"),
+                          decoder=data.get("decoder", "auto"), mean=mean, std=std)
+        loader = build_loader(ds, batch_size, train=False, num_workers=workers)
+        tokens = xclip.tokenize([template.format(n) for n in class_names], context_length=mcfg.context_length)
+        res = evaluate(model, loader, tokens, device=device, amp_dtype=amp_dtype, num_classes=len(class_names),
+                       desc=name, progress=not args.no_progress)
+        if rank0:
+            paths = write_eval_outputs(res, out_dir, class_names, name=name,
+                                       extra={"checkpoint": os.path.abspath(args.checkpoint), "views": f"{clips}x{crops}",
+                                              "missing": ds.missing})
+            log.info("%s: top-1 %.2f  top-5 %.2f  mean-class %.2f  (%d videos, %d skipped, %d missing) -> %s",
+                     name, res["top1"], res["top5"], res["mean_class_acc"], res["num_samples"], res["skipped"],
+                     len(ds.missing), paths["metrics"])
+        return res
+
+    def items_of(lf):
+        return [(os.path.join(root, p) if not os.path.isabs(p) else p, lab) for p, lab in parse_video_list(lf)]
+
+    if not args.zero_shot:
+        run_one("eval", items_of(list_file), read_labels(labels_spec))
+        return 0
+
+    results = []
+    if args.k400_labels:
+        k600 = read_labels(labels_spec)
+        splits = k600_novel_splits(k600, read_labels(args.k400_labels), seed=args.seed)
+        items = items_of(list_file)
+        for s, subset in enumerate(splits, 1):
+            results.append(run_one(f"zeroshot_split{s}", restrict_to_classes(items, k600, subset), subset))
+    else:
+        lists = args.split_lists or [list_file]
+        labels = args.split_labels or [labels_spec] * len(lists)
+        if len(labels) != len(lists):
+            raise ValueError(f"--split-labels has {len(labels)} entries for {len(lists)} --split-lists")
+        for s, (lf, lab) in enumerate(zip(lists, labels), 1):
+            results.append(run_one(f"zeroshot_split{s}", items_of(lf), read_labels(lab)))
+    top1s = [r["top1"] for r in results]
+    mean1, std1 = summarise_splits(top1s)
+    mean5, std5 = summarise_splits([r["top5"] for r in results])
+    if rank0:
+        summary = {"top1_per_split": top1s, "top1_mean": mean1, "top1_std": std1, "top5_mean": mean5,
+                   "top5_std": std5, "splits": len(results), "views": f"{clips}x{crops}",
+                   "checkpoint": os.path.abspath(args.checkpoint)}
+        with open(os.path.join(out_dir, "zeroshot_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        log.info("zero-shot over %d split(s): top-1 %.1f ± %.1f, top-5 %.1f ± %.1f", len(results), mean1, std1,
+                 mean5, std5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
