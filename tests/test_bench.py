@@ -1,0 +1,140 @@
+"""``xclip bench`` at tiny sizes on the CPU: every path runs and agrees (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+
+import pytest
+import torch
+
+from xclip import bench
+from xclip.bench import BenchSettings, analytic_infer_flops, build_contenders, make_inputs
+
+TINY = ["--tiny", "--batch", "2", "--frames", "4", "--classes", "5", "--warmup", "0", "--iters", "1",
+        "--train-iters", "1", "--strict"]
+
+
+@pytest.fixture(scope="module")
+def eager_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_eager")
+    rc = bench.main(TINY + ["--out", str(out)])
+    return rc, out, json.loads((out / "results.json").read_text())
+
+
+def test_eager_run_all_contenders(eager_run):
+    rc, out, records = eager_run
+    assert rc == 0
+    ok = {r["contender"]: r for r in records if r["status"] == "ok"}
+    assert {"ours[torch]", "plain"} <= set(ok)
+    assert any(name.startswith("hf[") for name in ok)
+    for name, r in ok.items():
+        assert r["dtype"] == "float32" and r["mode"] == "eager"
+        # every path agrees with the plain float32 model on the same weights
+        assert r["max_rel_err_vs_plain_fp32"] < 1e-5, name
+        assert r["views_per_s"] > 0 and r["videos_per_s"] == pytest.approx(r["views_per_s"])
+        assert r["train_step_s"] > 0 and r["trainable_params"] > 0
+        assert r["infer_peak_bytes"] is None and r["train_peak_bytes"] is None  # CPU: n/a
+        assert r["infer_mfu"] > 0 and r["train_mfu"] > 0
+        assert r["infer_speedup_vs_plain"] > 0 and r["train_speedup_vs_hf"] > 0
+    assert ok["plain"]["infer_speedup_vs_plain"] == pytest.approx(1.0)
+    # the text tower is frozen: every contender trains the same number of weights
+    assert len({r["trainable_params"] for r in ok.values()}) == 1
+    # FLOPs counted on our model equal the count by hand; training costs about 3x inference
+    r = ok["ours[torch]"]
+    assert r["flops_infer"] == r["flops_infer_analytic"] > 0
+    assert 2.0 < r["flops_train"] / r["flops_infer"] < 3.5
+    # backends that cannot run here are listed with the reason
+    skipped = [x for x in records if x["status"].startswith("skipped")]
+    assert all(x["contender"].startswith("ours[") for x in skipped)
+    for name in ("results.json", "results.jsonl", "results.md", "results.png"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "results.md").read_text()
+    assert "ours[torch]" in md and "| plain |" in md and "TFLOP/s" in md
+
+
+def test_report_rebuilds_outputs(eager_run, tmp_path):
+    _, out, records = eager_run
+    (tmp_path / "results.jsonl").write_text((out / "results.jsonl").read_text())
+    assert bench.main(["--report", str(tmp_path)]) == 0
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert [r["contender"] for r in rebuilt] == [r["contender"] for r in records]
+    assert (tmp_path / "results.md").read_text().count("\n| ") == len(records) + 1
+
+
+def test_compiled_path_runs_and_agrees(tmp_path):
+    # aot_eager traces through the custom ops' fake kernels and autograd without inductor's C++ build
+    rc = bench.main(
+        TINY + ["--compile", "--compile-backend", "aot_eager", "--contenders", "ours", "plain", "--backends", "torch",
+                "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    records = json.loads((tmp_path / "results.json").read_text())
+    assert [r["contender"] for r in records] == ["ours[torch]", "plain"]
+    for r in records:
+        assert r["status"] == "ok" and r["mode"] == "compile"
+        assert r["max_rel_err_vs_plain_fp32"] < 1e-5
+        assert r["train_step_s"] > 0
+
+
+def test_hf_adapter_matches_hf_forward():
+    """The cached-text path used for transformers' model equals XCLIPModel.forward."""
+    s = BenchSettings(tiny=True, batch=2, frames=4, classes=3, dtype="fp32", contenders=("hf",))
+    dev = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as work:
+        _, cfg, _, builders, _ = build_contenders(s, dev, torch.float32, work)
+        video, tokens, _ = make_inputs(s, cfg, dev)
+        (name, build), = builders
+        c = build()
+        c.module.eval()
+        with torch.no_grad():
+            mine = c.video_logits(video, c.text_features(tokens))
+            full = c.module(input_ids=tokens, pixel_values=video).logits_per_video
+    assert mine.shape == (2, 3)
+    assert (mine - full).abs().max() <= 1e-5 * full.abs().max()
+
+
+def test_analytic_flops_match_the_paper():
+    """The paper's GFLOPs (multiply-adds) per view: B/32 8f 39, B/16 8f 145, L/14 8f 658 (a few % tolerance)."""
+    from xclip.model.config import arch_config
+
+    for arch, frames, gmacs in (("ViT-B/32", 8, 39), ("ViT-B/16", 8, 145), ("ViT-L/14", 8, 658), ("ViT-B/16", 16, 287)):
+        per_view = analytic_infer_flops(arch_config(arch, num_frames=frames), 1, frames, 400) / 2 / 1e9
+        assert abs(per_view - gmacs) / gmacs < 0.05, (arch, frames, per_view)
+
+
+def test_measurement_helpers():
+    dev = torch.device("cpu")
+    assert bench.measure_matmul_tflops(dev, torch.float32, size=64, iters=2) > 0
+    calls = []
+    times = bench.time_calls(lambda: calls.append(1), warmup=2, iters=3, device=dev)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+    assert bench.count_flops(lambda: torch.randn(4, 8) @ torch.randn(8, 16)) == 2 * 4 * 8 * 16
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--views", "4y3"], "CLIPSxCROPS"),
+        (["--views", "0x3"], "at least one"),
+        (["--batch", "0"], "batch"),
+        (["--no-infer", "--no-train"], "nothing to measure"),
+        (["--backends", "nosuch"], "unknown backend"),
+        (["--backends", "cuda"], "cannot run"),
+        (["--cuda-graphs"], "CUDA device"),
+        (["--modes", "eager", "--frames", "4", "--device", "cuda"], "CUDA"),
+    ],
+)
+def test_bad_arguments_raise_value_error(args, match, tmp_path):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ValueError, match=match):
+        bench.main(TINY + args + ["--out", str(tmp_path)])
+
+
+def test_cli_routes_to_bench(capsys):
+    from xclip.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "--cuda-graphs" in capsys.readouterr().out
