@@ -167,13 +167,34 @@ def _write_labels(path: str, names: list[str]) -> None:
             f.write(f"{i},{n}\n")
 
 
-def generate_dataset(root: str, spec: ShapesSpec | None = None, *, progress: bool = False) -> dict:
-    """Write the data set under ``root``; returns a dict describing it (also saved as dataset.json)."""
+def _render_and_write(args) -> None:
     from xclip.data import write_video
 
+    root, spec_d, split_id, combo_index, c, k, rel = args
+    rng = np.random.default_rng([spec_d["seed"], split_id, combo_index, k])
+    frames = render_clip(*c, size=spec_d["size"], frames=spec_d["frames"], rng=rng)
+    write_video(os.path.join(root, rel), frames, fps=spec_d["fps"])
+
+
+def generate_dataset(root: str, spec: ShapesSpec | None = None, *, progress: bool = False, workers: int = 1) -> dict:
+    """Write the data set under ``root``; returns a dict describing it (also saved as dataset.json).
+
+    An existing data set generated from the same spec is reused as is.
+    ``workers > 1`` encodes in that many processes (same files either way).
+    """
     spec = spec or ShapesSpec()
     spec.validate()
     os.makedirs(root, exist_ok=True)
+    meta = os.path.join(root, "dataset.json")
+    if os.path.isfile(meta):
+        try:
+            with open(meta) as f:
+                old = json.load(f)
+            if old.get("spec") == asdict(spec) and old.get("complete"):
+                return old
+        except (OSError, ValueError):
+            pass
+        os.unlink(meta)
     combos = class_names(spec)
     held = choose_held_out(spec)
     trained = [c for c in combos if c not in held]
@@ -191,24 +212,40 @@ def generate_dataset(root: str, spec: ShapesSpec | None = None, *, progress: boo
         jobs += [("zeroshot", c, label, k) for k in range(spec.zeroshot_per_class)]
 
     lists: dict[str, list[str]] = {"train": [], "val": [], "test": [], "zeroshot": []}
-    it = jobs
+    split_ids = {"train": 0, "val": 1, "test": 2, "zeroshot": 3}
+    spec_d = asdict(spec)
+    tasks = []
+    for split, c, label, k in jobs:
+        rel = f"videos/{_slug(c)}/{split}_{k:03d}.mp4"
+        lists[split].append(f"{rel} {label}")
+        # one independent random stream per clip: the files do not depend on the order of generation
+        tasks.append((root, spec_d, split_ids[split], combos.index(c), c, k, rel))
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(jobs, desc="generating videos", leave=False, dynamic_ncols=True)
-    split_ids = {"train": 0, "val": 1, "test": 2, "zeroshot": 3}
-    for split, c, label, k in it:
-        # one independent stream per clip: the data set does not depend on the order of generation
-        rng = np.random.default_rng([spec.seed, split_ids[split], combos.index(c), k])
-        frames = render_clip(*c, size=spec.size, frames=spec.frames, rng=rng)
-        rel = f"videos/{_slug(c)}/{split}_{k:03d}.mp4"
-        write_video(os.path.join(root, rel), frames, fps=spec.fps)
-        lists[split].append(f"{rel} {label}")
+        bar = tqdm(total=len(tasks), desc="generating videos", leave=False, dynamic_ncols=True)
+    if workers > 1 and len(tasks) > 50:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            for _ in ex.map(_render_and_write, tasks, chunksize=32):
+                if bar is not None:
+                    bar.update(1)
+    else:
+        for t in tasks:
+            _render_and_write(t)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     for split, lines in lists.items():
         with open(os.path.join(root, f"{split}.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + ("\n" if lines else ""))
     info = {"spec": asdict(spec), "trained_classes": train_names, "held_out_classes": held_names,
-            "counts": {k: len(v) for k, v in lists.items()}}
+            "counts": {k: len(v) for k, v in lists.items()}, "complete": True}
     with open(os.path.join(root, "dataset.json"), "w") as f:
         json.dump(info, f, indent=2)
     return info

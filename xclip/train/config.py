@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.001,
         "betas": [0.9, 0.98],
         "eps": 1.0e-8,
+        "fused_optimizer": "auto",   # fused AdamW kernel where supported (auto | true | false)
         "batch_size": 8,             # per process
         "accumulation_steps": 1,
         "clip_grad": None,           # max global grad norm, None = off
@@ -75,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_every": 1,             # epochs; 0 = no per-epoch evaluation
         "final_test": True,
         "device": "auto",            # auto | cpu | cuda
+        "num_threads": None,         # torch intra-op CPU threads per process (None: torch's default)
         "find_unused_parameters": False,  # DDP option, for models with unused trainable parameters
         "debug_step_delay": 0.0,     # seconds to sleep after each step (tests kill a run mid-epoch)
     },
@@ -251,6 +253,7 @@ def validate(cfg: dict) -> dict:
         num(t, "save_every_steps", "train", 0, integer=True)
         num(t, "max_steps", "train", 1, integer=True, allow_none=True)
         num(t, "eval_every", "train", 0, integer=True)
+        num(t, "num_threads", "train", 1, integer=True, allow_none=True)
         _check(str(t.get("amp")).lower() in ("bf16", "bfloat16", "fp16", "float16", "none", "false", "fp32", "float32"),
                f"train.amp must be one of bf16, fp16, none; got {t.get('amp')!r}")
         _check(t.get("device", "auto") in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda; got {t.get('device')!r}")

@@ -32,7 +32,7 @@ from .mixup import MixupCutmix, soft_target_cross_entropy
 from .optim import build_optimizer, freeze_text
 from .schedule import CosineWarmupSchedule
 
-__all__ = ["train", "NonFiniteLossError", "TrainForward", "amp_dtype_from_config", "setup_logger"]
+__all__ = ["train", "NonFiniteLossError", "TrainForward", "amp_dtype_from_config", "setup_logger", "trim_tokens"]
 
 LOGGER_NAME = "xclip.train"
 
@@ -111,6 +111,21 @@ def amp_dtype_from_config(amp: Any, device: torch.device) -> torch.dtype | None:
             raise ValueError("train.amp=fp16 needs a CUDA device (use bf16 or none on the CPU)")
         return torch.float16
     raise ValueError(f"train.amp must be bf16, fp16 or none, got {amp!r}")
+
+
+def trim_tokens(tokens: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """Drop the all-padding columns at the end of ``tokens [K, 77]``.
+
+    Exact: the text tower is causal and reads its feature at <eot>, so
+    trailing padding never changes a class feature; it only costs time, and
+    a model with a shorter ``context_length`` (the demo's) needs it gone.
+    """
+    used = int((tokens != 0).sum(dim=1).max()) if tokens.numel() else 0
+    ctx = int(getattr(getattr(model, "config", None), "context_length", tokens.shape[1]))
+    if used > ctx:
+        raise ValueError(f"a class prompt needs {used} tokens but the model's context_length is {ctx}; shorten the class "
+                         "names or data.text_template")
+    return tokens[:, : max(used, 1)]
 
 
 def _seed_everything(seed: int) -> None:
@@ -259,7 +274,8 @@ def _gather_rng(dist_info: DistInfo, mixer: MixupCutmix | None) -> list[dict]:
 def _evaluate(model, loader, text, cfg, dist_info, amp_dtype, num_classes):
     from xclip.eval import evaluate
 
-    return evaluate(model, loader, text, device=dist_info.device, amp_dtype=amp_dtype, num_classes=num_classes)
+    return evaluate(model, loader, text, device=dist_info.device, amp_dtype=amp_dtype, num_classes=num_classes,
+                    progress=bool(cfg["log"].get("progress", True)))
 
 
 def train(cfg: dict, *, model: nn.Module | None = None, on_step: Callable[[dict], None] | None = None) -> dict:
@@ -284,6 +300,8 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
     device = dist_info.device
     seed = int(cfg["seed"])
     world = dist_info.world_size
+    if t_cfg.get("num_threads"):
+        torch.set_num_threads(int(t_cfg["num_threads"]))
     if t_cfg.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -399,13 +417,7 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
 
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None,
                   find_unused_parameters=bool(t_cfg.get("find_unused_parameters", False)))
-    # Trailing padding changes nothing (causal text attention, features read at <eot>): trim it.
-    used = int((tokens != 0).sum(dim=1).max())
-    ctx = int(getattr(getattr(model, "config", None), "context_length", tokens.shape[1]))
-    if used > ctx:
-        raise ValueError(f"a class prompt needs {used} tokens but the model's context_length is {ctx}; shorten the class names "
-                         f"or data.text_template")
-    tokens = tokens[:, :used].to(device)
+    tokens = trim_tokens(tokens, model).to(device)
     text_features = None
 
     def text_input():
@@ -590,7 +602,7 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
         val = None
         if val_loader is not None and ((epoch + 1) % int(t_cfg.get("eval_every", 1)) == 0 or epoch + 1 == epochs):
             text, _ = text_input()
-            res = _evaluate(model, val_loader, text if fix_text else tokens, cfg, dist_info, amp_dtype, num_classes)
+            res = _evaluate(model, val_loader, text, cfg, dist_info, amp_dtype, num_classes)
             val = {k: res[k] for k in ("top1", "top5", "mean_class_acc", "num_samples", "skipped") if k in res}
             summary["val"].append({"epoch": epoch, "step": global_step, **val})
             metrics.write("val", global_step, epoch=epoch + 1, **{k: v for k, v in val.items()})
@@ -617,7 +629,8 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
                                    distributed=dist_info.distributed, seed=seed)
         text, _ = text_input()
         model.eval()
-        res = _evaluate(model, test_loader, text if fix_text else tokens, cfg, dist_info, amp_dtype, num_classes)
+        res = _evaluate(model, test_loader, text, cfg, dist_info, amp_dtype, num_classes)
+        summary["test_result"] = res
         summary["test"] = {k: res[k] for k in ("top1", "top5", "mean_class_acc", "num_samples", "skipped") if k in res}
         summary["test"]["views"] = f"{nc_}x{ncr}"
         metrics.write("test", global_step, **{k: v for k, v in summary["test"].items() if k != "views"})
@@ -626,7 +639,7 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
     metrics.close()
     if is_main:
         with open(os.path.join(output, "summary.json"), "w") as f:
-            json.dump({k: v for k, v in summary.items()}, f, indent=2, default=str)
+            json.dump({k: v for k, v in summary.items() if k != "test_result"}, f, indent=2, default=str)
     summary["model"] = model
     summary["class_names"] = class_names
     return summary
