@@ -8,7 +8,7 @@ text cleaning, truncation) is our own code, so the model does not depend on
 open_clip's tokenizer API, which has changed between releases; the tests check
 it token for token against open_clip's.
 
-Ids: 256 byte symbols, the same 256 with the end-of-word marker ``</w>``, one id
+Ids: 256 byte symbols (ordered by their symbol's code point), the same 256 with the end-of-word marker ``</w>``, one id
 per merge (48,894), then ``<|startoftext|>`` = 49406 and ``<|endoftext|>`` = 49407.
 """
 
@@ -76,7 +76,8 @@ class Tokenizer:
         if len(merges) != _NUM_MERGES or any(len(m) != 2 for m in merges):
             raise ValueError(f"{path} is not a CLIP BPE merges file ({len(merges)} merges read)")
         self.byte_symbols = _byte_symbols()
-        symbols = list(self.byte_symbols) + [s + _EOW for s in self.byte_symbols] + ["".join(m) for m in merges]
+        base = sorted(self.byte_symbols, key=ord)  # CLIP's id order: the visible bytes, then the remapped ones
+        symbols = base + [s + _EOW for s in base] + ["".join(m) for m in merges]
         symbols += ["<|startoftext|>", "<|endoftext|>"]
         self.encoder = {s: i for i, s in enumerate(symbols)}
         self.decoder = symbols
@@ -129,6 +130,9 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
         for piece in self._split.findall(self.clean(text)):
+            if piece in ("<|startoftext|>", "<|endoftext|>"):  # as OpenAI's CLIP: the special ids
+                ids.append(self.encoder[piece])
+                continue
             word = "".join(self.byte_symbols[b] for b in piece.encode("utf-8"))
             ids.extend(self.encoder[s] for s in self._bpe_cached(word))
         return ids
