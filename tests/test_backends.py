@@ -63,3 +63,12 @@ def test_reasons_are_per_backend():
 def test_build_info_is_recorded():
     info = xk.build_info()
     assert "torch_version" in info and "extension_error" in info
+
+
+def test_auto_never_picks_the_triton_interpreter(monkeypatch):
+    """Under TRITON_INTERPRET=1 Triton can run CPU tensors, but only on request."""
+    monkeypatch.delenv("XCLIP_KERNELS_BACKEND", raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert select_backend(_inputs(), None) == "torch"
+    if xk.available_backends()["triton"].available:
+        assert select_backend(_inputs(), "triton") == "triton"

@@ -94,6 +94,10 @@ class Backend:
             reasons.extend(self.extra_reasons(inputs))
         return reasons
 
+    def auto_reasons(self, inputs: OpInputs) -> list[str]:
+        """Extra reasons not to pick this backend when the user asked for 'auto'."""
+        return []
+
     def forward(self, op: str, tensors: Sequence[Tensor], scale: float):  # pragma: no cover
         raise NotImplementedError
 
@@ -173,6 +177,11 @@ class TritonBackend(Backend):
             return "CPU tensors need TRITON_INTERPRET=1"
         return f"device {device} not supported (CUDA tensors, or CPU under TRITON_INTERPRET=1)"
 
+    def auto_reasons(self, inputs):
+        if inputs.device.type == "cpu":  # the interpreter is a testing tool, far slower than eager
+            return ["CPU tensors run through the Triton interpreter only when backend='triton' is asked for"]
+        return []
+
     def extra_reasons(self, inputs):
         mod = self._module(inputs.op)
         return list(mod.not_supported_reasons(inputs)) if hasattr(mod, "not_supported_reasons") else []
@@ -239,6 +248,8 @@ def select_backend(inputs: OpInputs, requested: str | None) -> str:
     reasons = {}
     for name in names:
         r = BACKENDS[name].not_supported_reasons(inputs)
+        if requested == "auto":
+            r = r + BACKENDS[name].auto_reasons(inputs)
         if not r:
             return name
         reasons[name] = r
