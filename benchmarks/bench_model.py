@@ -1,0 +1,217 @@
+"""Whole-model benchmarks (pytest-benchmark): ours per backend vs plain PyTorch vs transformers.
+
+CPU (part of the test suite; ``--benchmark-disable`` runs each body once):
+a tiny X-CLIP in float32; each contender's inference call and training step
+runs and its logits agree with the plain float32 model on the same weights.
+Nothing here asserts a time.
+
+GPU (``pytest -m gpu benchmarks/bench_model.py --benchmark-enable``):
+X-CLIP B/16, 8 frames, batch 32, bfloat16 (the issue's target point) for
+every contender, inference and training step; ``XCLIP_BENCH_SWEEP=1`` sweeps
+B/32, B/16, L/14 x 8, 16 frames x fp16, bf16. Throughput, peak memory and
+model FLOP utilisation go into each benchmark's ``extra_info``. The full
+comparison table (ratios, compile, CUDA graphs) is ``xclip bench``; see
+``benchmarks/gpu_check.sh``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xclip import bench
+
+CPU_SETTINGS = bench.BenchSettings(tiny=True, batch=2, frames=4, classes=5, dtype="fp32", device="cpu")
+
+
+class _Suite:
+    """Contenders of one configuration, built once, on one device; only one lives on the GPU at a time."""
+
+    def __init__(self, s: bench.BenchSettings, device: torch.device) -> None:
+        self.s, self.device = s, device
+        self.dtype = bench.DTYPES[s.dtype] if device.type == "cuda" else torch.float32
+        self._work = tempfile.TemporaryDirectory(prefix="xclip-bench-model-")
+        ours, self.cfg, self.state, builders, self.skipped = bench.build_contenders(s, device, self.dtype, self._work.name)
+        self.builders = dict(builders)
+        self.video, self.tokens, self.labels = bench.make_inputs(s, self.cfg, device)
+        plain = bench.load_plain_module().PlainXCLIP.from_state_dict(
+            self.state,
+            vision_heads=self.cfg.vision_num_heads,
+            text_heads=self.cfg.transformer_heads,
+            mit_heads=self.cfg.mit_num_heads,
+            prompt_heads=self.cfg.prompt_num_heads,
+        ).to(device).eval()
+        with torch.inference_mode():
+            self.ref_logits = plain.logits_from_video(self.video, plain.encode_text(self.tokens)).float()
+        del plain
+        self.flops_infer = bench.analytic_infer_flops(self.cfg, s.batch, s.frames, s.classes)
+        del ours
+        self._live = None
+
+    def contender(self, name: str) -> bench.Contender:
+        if name not in self.builders:
+            pytest.skip(f"{name} cannot run here: {self.skipped.get(name, 'not built')}")
+        self._live = None
+        bench._free(self.device)
+        self._live = self.builders[name]()
+        return self._live
+
+    def close(self) -> None:
+        self._live = None
+        bench._free(self.device)
+        self._work.cleanup()
+
+
+def _sync_call(fn, device):
+    def call():
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    return call
+
+
+def _run_inference(benchmark, suite: _Suite, name: str, rounds: int = 10, warmup: int = 3) -> None:
+    c = suite.contender(name)
+    c.module.to(device=suite.device, dtype=suite.dtype).eval()
+    with torch.inference_mode():
+        text = c.text_features(suite.tokens)
+        x = suite.video.to(suite.dtype)
+        fn = _sync_call(lambda: c.video_logits(x, text), suite.device)
+        logits = fn()
+        with bench._PeakMemory(suite.device) as mem:
+            if benchmark.disabled:
+                benchmark(fn)
+            else:
+                benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    tol = 1e-5 if suite.dtype == torch.float32 else 5e-2
+    err = float((logits.float() - suite.ref_logits).abs().max() / suite.ref_logits.abs().max())
+    assert err < tol, f"{name}: logits differ from the plain float32 model by {err:.2e} (relative)"
+    benchmark.extra_info.update(contender=c.name, max_rel_err_vs_plain_fp32=err, peak_bytes=mem.peak,
+                                batch=suite.s.batch, flops=suite.flops_infer)
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if not benchmark.disabled and stats is not None:
+        t = stats.median
+        benchmark.extra_info.update(views_per_s=suite.s.batch / t, model_tflops_per_s=suite.flops_infer / t / 1e12)
+
+
+def _run_train_step(benchmark, suite: _Suite, name: str, rounds: int = 5, warmup: int = 2) -> None:
+    c = suite.contender(name)
+    dev, dtype = suite.device, suite.dtype
+    amp = dtype != torch.float32
+    m = c.module.to(device=dev, dtype=torch.float32).train()
+    for n, p in m.named_parameters():
+        p.requires_grad_(not c.is_text_param(n))
+    ctx = torch.autocast(dev.type, dtype=dtype) if amp else torch.autocast(dev.type, enabled=False)
+    with torch.no_grad(), ctx:
+        text = c.text_features(suite.tokens)
+    params = [p for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.001)
+    scaler = torch.amp.GradScaler(dev.type, enabled=(dtype == torch.float16))
+    before = [p.detach().clone() for p in params[:4]]
+    losses = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with ctx:
+            logits = c.video_logits(suite.video, text)
+        loss = F.cross_entropy(logits.float(), suite.labels)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.detach())
+
+    fn = _sync_call(step, dev)
+    fn()
+    with bench._PeakMemory(dev) as mem:
+        if benchmark.disabled:
+            benchmark(fn)
+        else:
+            benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    assert all(torch.isfinite(v).item() for v in losses), f"{name}: non-finite training loss"
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params[:4])), f"{name}: step changed nothing"
+    benchmark.extra_info.update(contender=c.name, peak_bytes=mem.peak, batch=suite.s.batch,
+                                trainable_params=sum(p.numel() for p in params))
+
+
+# --- CPU: tiny sizes, part of the test suite -------------------------------------------------
+
+CPU_CONTENDERS = ["ours[torch]", "plain", "hf"]
+
+
+@pytest.fixture(scope="module")
+def cpu_suite():
+    suite = _Suite(CPU_SETTINGS, torch.device("cpu"))
+    yield suite
+    suite.close()
+
+
+def _resolve(suite: _Suite, name: str) -> str:
+    if name == "hf":  # named by its attention implementation once built
+        return next((n for n in suite.builders if n.startswith("hf")), name)
+    return name
+
+
+@pytest.mark.parametrize("name", CPU_CONTENDERS)
+def test_inference_tiny_cpu(benchmark, cpu_suite, name):
+    benchmark.group = "model-inference-tiny-cpu"
+    _run_inference(benchmark, cpu_suite, _resolve(cpu_suite, name), rounds=3, warmup=1)
+
+
+@pytest.mark.parametrize("name", CPU_CONTENDERS)
+def test_train_step_tiny_cpu(benchmark, cpu_suite, name):
+    benchmark.group = "model-train-tiny-cpu"
+    _run_train_step(benchmark, cpu_suite, _resolve(cpu_suite, name), rounds=2, warmup=1)
+
+
+# --- GPU: full sizes ------------------------------------------------------------------------------
+
+_SWEEP = os.environ.get("XCLIP_BENCH_SWEEP", "0") not in ("", "0")
+GPU_CONFIGS = (
+    [(a, t, d) for a in ("ViT-B/32", "ViT-B/16", "ViT-L/14") for t in (8, 16) for d in ("bf16", "fp16")]
+    if _SWEEP
+    else [("ViT-B/16", 8, "bf16")]
+)
+GPU_CONTENDERS = ["ours[triton]", "ours[cuda]", "ours[torch]", "plain", "hf"]
+GPU_BATCH = int(os.environ.get("XCLIP_BENCH_BATCH", "32"))
+
+@pytest.fixture(scope="module")
+def gpu_suites():
+    suites: dict[tuple, _Suite] = {}
+
+    def get(arch: str, frames: int, dtype: str) -> _Suite:
+        key = (arch, frames, dtype)
+        if key not in suites:
+            for old in list(suites):  # one configuration's contenders at a time
+                suites.pop(old).close()
+            s = dataclasses.replace(bench.BenchSettings(), arch=arch, frames=frames, dtype=dtype, batch=GPU_BATCH,
+                                    device="cuda")
+            suites[key] = _Suite(s, torch.device("cuda"))
+        return suites[key]
+
+    yield get
+    for s in suites.values():
+        s.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", GPU_CONTENDERS)
+@pytest.mark.parametrize("arch, frames, dtype", GPU_CONFIGS)
+@pytest.mark.parametrize("phase", ["inference", "train"])
+def test_model_gpu(benchmark, gpu_suites, phase, arch, frames, dtype, name):
+    suite = gpu_suites(arch, frames, dtype)
+    benchmark.group = f"model-{phase}-{arch}-T{frames}-B{GPU_BATCH}-{dtype}"
+    try:
+        if phase == "inference":
+            _run_inference(benchmark, suite, _resolve(suite, name))
+        else:
+            _run_train_step(benchmark, suite, _resolve(suite, name))
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip(f"{name}: out of memory at batch {GPU_BATCH}")
