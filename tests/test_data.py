@@ -103,6 +103,25 @@ def test_auto_falls_back_to_pyav(tmp_path, monkeypatch):
     assert r.name == "pyav" and frame_ids(r.get_frames([0, 7])) == [0, 7]
 
 
+def test_auto_falls_back_when_decord_fails_to_decode(tmp_path, monkeypatch):
+    # decord 0.6 opens a 36x48 file but every get_batch fails; "auto" must still return the right frames
+    path = make_video(tmp_path / "odd.mp4", num_frames=16, height=36, width=48)
+    r = open_video(path, "auto")
+    assert frame_ids(r.get_frames([0, 9, 15])) == [0, 9, 15]
+    # the same, deterministic: decord opens, then fails to decode
+    path = make_video(tmp_path / "v.mp4", num_frames=8)
+
+    def fail(self, idx):
+        raise video_io.VideoDecodeError(f"decord cannot decode {self.path}: simulated")
+
+    monkeypatch.setattr(video_io.DecordReader, "get_frames", fail)
+    r = open_video(path, "auto")
+    assert r.name == "decord" and len(r) == 8
+    assert frame_ids(r.get_frames([1, 6])) == [1, 6] and r.name == "pyav"
+    with pytest.raises(video_io.VideoDecodeError, match="simulated"):
+        open_video(path, "decord").get_frames([0])
+
+
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
 @pytest.mark.parametrize("dec", ["decord", "pyav", "auto"])
 def test_corrupt_file_raises_decode_error_naming_file(tmp_path, kind, dec):

@@ -10,7 +10,9 @@ Two decoders share one interface (:class:`VideoReader`):
   decord wheel, some codecs / containers).
 
 ``open_video(path, decoder="auto")`` tries decord first and falls back to
-PyAV. Frames come back as a ``uint8`` tensor ``[T, H, W, 3]`` (RGB). Any
+PyAV when decord cannot open the file or fails to decode it (decord 0.6
+fails on some frame sizes: a 36x48 libx264 file opens but every
+``get_batch`` raises a size-mismatch error). Frames come back as a ``uint8`` tensor ``[T, H, W, 3]`` (RGB). Any
 failure to open or decode raises :class:`VideoDecodeError` naming the file.
 
 ``write_video(path, frames [T, H, W, 3] uint8, fps=8)`` encodes with libx264
@@ -176,6 +178,38 @@ class PyAVReader(VideoReader):
         return torch.from_numpy(np.stack([got[i] for i in idx]))
 
 
+class _FallbackReader(VideoReader):
+    """decord, switching to PyAV for good if decord fails to decode this file."""
+
+    def __init__(self, primary: VideoReader, num_threads: int):
+        self.path, self._primary, self._threads = primary.path, primary, num_threads
+        self._fallback: VideoReader | None = None
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._fallback.name if self._fallback is not None else self._primary.name
+
+    def __len__(self) -> int:
+        return len(self._primary)
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = self._check_indices(indices)
+        if self._fallback is None:
+            try:
+                return self._primary.get_frames(idx)
+            except VideoDecodeError as first:
+                try:
+                    self._fallback = PyAVReader(self.path, self._threads)
+                except VideoDecodeError as second:
+                    raise VideoDecodeError(f"{first}; {second}") from second
+                self._primary.close()
+        last = len(self._fallback) - 1  # the two may count frames differently
+        return self._fallback.get_frames([min(i, last) for i in idx])
+
+    def close(self) -> None:
+        self._primary.close()
+
+
 def open_video(path: str | os.PathLike, decoder: str = "auto", num_threads: int = 1) -> VideoReader:
     """Open ``path`` with ``decoder`` ("auto" = decord, then PyAV on failure)."""
     path = os.fspath(path)
@@ -190,7 +224,7 @@ def open_video(path: str | os.PathLike, decoder: str = "auto", num_threads: int 
     errors = []
     if decoder_available("decord"):
         try:
-            return DecordReader(path, num_threads)
+            return _FallbackReader(DecordReader(path, num_threads), num_threads)
         except VideoDecodeError as e:
             errors.append(str(e))
     try:
