@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_lib
-from .config import dump_config, validate
+from .config import DEFAULTS, dump_config, merge, validate
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from .mixup import MixupCutmix, soft_target_cross_entropy
 from .optim import build_optimizer, freeze_text
@@ -279,8 +279,11 @@ def _evaluate(model, loader, text, cfg, dist_info, amp_dtype, num_classes):
 
 
 def train(cfg: dict, *, model: nn.Module | None = None, on_step: Callable[[dict], None] | None = None) -> dict:
-    """Run a training job. ``model`` (optional) replaces the one the config describes."""
-    validate(cfg)
+    """Run a training job. ``model`` (optional) replaces the one the config describes.
+
+    ``cfg`` may be partial: it is merged over :data:`xclip.train.config.DEFAULTS`.
+    """
+    cfg = validate(merge(DEFAULTS, cfg))
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     dist_info = init_distributed(t_cfg.get("device", "auto"))
     output = cfg["output"]

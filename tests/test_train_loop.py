@@ -1,0 +1,72 @@
+"""In-process training-loop behaviour: corrupt videos, non-finite loss, checkpoints, logs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from train_utils import make_tiny_data, tiny_config
+
+
+def test_corrupt_video_is_skipped_and_training_completes(tmp_path):
+    from xclip.train.trainer import train
+
+    data = str(tmp_path / "data")
+    make_tiny_data(data, train_per_class=1)
+    bad_rel = open(os.path.join(data, "train.txt")).readline().split()[0]
+    with open(os.path.join(data, bad_rel), "wb") as f:
+        f.write(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 4)
+    cfg = tiny_config(data, str(tmp_path / "out"), epochs=2, batch_size=4, eval_every=1, final_test=True)
+    with pytest.warns(Warning):
+        summary = train(cfg)
+    assert summary["skipped_videos"] == 2  # once per epoch
+    assert all(p.endswith(bad_rel) for p in summary["skipped_paths"])
+    assert summary["steps"] == 4
+    log = open(os.path.join(cfg["output"], "log.txt")).read()
+    assert "skipped 1 unreadable video(s)" in log and bad_rel in log
+    assert "val top1" in log and "test (" in log
+    names = sorted(os.listdir(cfg["output"]))
+    assert "epoch_0000_s000000002.pth" in names and "epoch_0001_s000000004.pth" in names and "best.pth" in names
+    recs = [json.loads(line) for line in open(os.path.join(cfg["output"], "metrics.jsonl"))]
+    assert [r["step"] for r in recs if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in recs if r["kind"] == "train")
+    s = json.load(open(os.path.join(cfg["output"], "summary.json")))
+    assert s["skipped_videos"] == 2 and 0.0 <= s["test"]["top1"] <= 100.0
+    # a training checkpoint is also a model checkpoint that load_pretrained reads
+    import xclip
+
+    ck = torch.load(os.path.join(cfg["output"], "best.pth"), weights_only=True)
+    m = xclip.load_pretrained(os.path.join(cfg["output"], "best.pth"))
+    assert all(torch.equal(v, ck["model"][k]) for k, v in m.state_dict().items())
+
+
+def test_non_finite_loss_is_reported_with_its_step(tmp_path):
+    import xclip
+    from xclip.train.trainer import NonFiniteLossError, train
+
+    data = str(tmp_path / "data")
+    make_tiny_data(data, train_per_class=1)
+    cfg = tiny_config(data, str(tmp_path / "out"), epochs=1, batch_size=4)
+    model = xclip.create_model(cfg["model"]["arch"], num_frames=4)
+    with torch.no_grad():
+        model.visual.conv1.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"step 1 \(epoch 0\)"):
+        train(cfg, model=model)
+    assert "non-finite training loss" in open(os.path.join(cfg["output"], "log.txt")).read()
+
+
+def test_bad_settings_raise_value_error(tmp_path):
+    from xclip.train.trainer import train
+
+    data = str(tmp_path / "data")
+    make_tiny_data(data, train_per_class=1)
+    cfg = tiny_config(data, str(tmp_path / "out"), batch_size=4, accumulation_steps=4)  # 2 batches < 4
+    with pytest.raises(ValueError, match="accumulation_steps=4"):
+        train(cfg)
+    cfg = tiny_config(data, str(tmp_path / "out2"))
+    cfg["data"]["num_classes"] = 5
+    with pytest.raises(ValueError, match="num_classes=5"):
+        train(cfg)
