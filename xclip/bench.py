@@ -826,9 +826,9 @@ def write_markdown(records: list[dict], path: Path) -> None:
     for e in sorted(envs):
         env = json.loads(e)
         parts.append("Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    rates = sorted({(r["dtype"], round(r["matmul_tflops"], 1)) for r in records if "matmul_tflops" in r})
+    rates = sorted({(r["dtype"], float(f"{r['matmul_tflops']:.3g}")) for r in records if "matmul_tflops" in r})
     if rates:
-        parts.append("Measured matrix-multiply rate (same run): " + ", ".join(f"{d} {t} TFLOP/s" for d, t in rates))
+        parts.append("Measured matrix-multiply rate (same run): " + ", ".join(f"{d} {t:g} TFLOP/s" for d, t in rates))
     parts += [
         "",
         "views/s: one view = one clip of T frames; videos/s = views/s / views per video (`--views`). "
