@@ -86,7 +86,7 @@ struct FwdLayout {
 };
 
 template <typename T>
-__host__ __device__ inline FwdLayout fwd_layout(int Dp) {
+__host__ __device__ constexpr FwdLayout fwd_layout(int Dp) {
   using C = Tiles<T>;
   FwdLayout L{};
   L.ldT = Dp + C::kPad;
@@ -112,7 +112,7 @@ struct BwdLayout {
 };
 
 template <typename T>
-__host__ __device__ inline BwdLayout bwd_layout(int Dp) {
+__host__ __device__ constexpr BwdLayout bwd_layout(int Dp) {
   using C = Tiles<T>;
   BwdLayout L{};
   L.ldT = Dp + C::kPad;

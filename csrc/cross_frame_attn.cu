@@ -28,6 +28,19 @@ void prepare_shared_memory(Kernel kernel, size_t bytes, const char* what, int he
 
 constexpr int64_t kMaxGridY = 65535;
 
+// Every configuration fits in the shared memory a block may opt into on any
+// sm_8x / sm_90 GPU (99 KiB on sm_86 / sm_89; 163 KiB on sm_80, 227 KiB on sm_90).
+constexpr size_t kSmemBudget = 99 * 1024;
+template <typename T>
+constexpr bool fits_smem_budget() {
+  using namespace kernels;
+  return fwd_layout<T>(round_up16(kMaxHeadDim)).bytes <= kSmemBudget &&
+         bwd_layout<T>(round_up16(kMaxHeadDim)).bytes <= kSmemBudget;
+}
+static_assert(fits_smem_budget<float>(), "float32 tiles exceed the shared-memory budget");
+static_assert(fits_smem_budget<__half>(), "float16 tiles exceed the shared-memory budget");
+static_assert(fits_smem_budget<__nv_bfloat16>(), "bfloat16 tiles exceed the shared-memory budget");
+
 template <typename T>
 void launch_fwd(const AttnFwdParams& p, cudaStream_t stream) {
   using namespace kernels;
