@@ -586,8 +586,14 @@ def build_contenders(s: BenchSettings, device: torch.device, dtype: torch.dtype,
 
 
 def _fresh_ours(s: BenchSettings, state: dict) -> nn.Module:
-    m = build_ours_model(s)
-    m.load_state_dict(state)
+    """Our model holding a private copy of ``state`` (built on meta: no second random initialisation)."""
+    with torch.device("meta"):
+        m = build_ours_model(s)
+    m.load_state_dict({k: v.clone() for k, v in state.items()}, strict=True, assign=True)
+    leftover = [n for n, t in list(m.named_parameters()) + list(m.named_buffers()) if t.is_meta]
+    if leftover:  # a tensor not in the state dict (a non-persistent buffer): build it for real
+        m = build_ours_model(s)
+        m.load_state_dict(state)
     return m
 
 
@@ -640,7 +646,7 @@ def run_config(s: BenchSettings, out_dir: Path, console=None) -> list[dict]:
             ref_text = ref_model.encode_text(tokens)
             ref_logits = ref_model.logits_from_video(video, ref_text).float().cpu()
         del ref_model, ref_text
-        base["flops_infer"], base["flops_train"] = _model_flops(ours, s, device, dtype, video, tokens, labels)
+        base["flops_infer"], base["flops_train"] = _model_flops(s)
         base["flops_infer_analytic"] = analytic_infer_flops(cfg, s.batch, s.frames, s.classes)
         del ours
         _free(device)
@@ -676,8 +682,8 @@ def run_config(s: BenchSettings, out_dir: Path, console=None) -> list[dict]:
             finally:
                 c = None
                 _free(device)
-                if device.type == "cuda":
-                    torch._dynamo.reset() if s.compile else None
+                if s.compile:
+                    torch._dynamo.reset()
             records.append(rec)
             with open(out_dir / "results.jsonl", "a") as f:
                 f.write(json.dumps(_jsonable(rec)) + "\n")
@@ -719,27 +725,31 @@ def analytic_infer_flops(cfg, batch: int, frames: int, classes: int) -> int:
     return int(f)
 
 
-def _model_flops(ours, s, device, dtype, video, tokens, labels) -> tuple[int, int]:
-    """FLOPs of one inference call (text cached) and of one training forward + backward, on our model."""
-    ours = ours.to(device=device, dtype=dtype)
-    ours.set_attn_backend("torch")  # any backend counts the same (formulas registered per op)
-    with torch.inference_mode():
-        text = ours.encode_text(tokens)
-    x = video.to(dtype)
+def _model_flops(s: BenchSettings) -> tuple[int, int]:
+    """FLOPs of one inference call (text cached) and of one training forward + backward, on our model.
+
+    Counted by ``FlopCounterMode`` on the ``meta`` device (shapes only: no memory, no time; our ops'
+    fake kernels and FLOP formulas make this exact), so it works at sizes that would not fit twice.
+    """
+    with torch.device("meta"):
+        model = build_ours_model(s)
+    model.set_attn_backend("torch")
+    cfg = model.config
+    res = cfg.image_resolution
+    video = torch.empty(s.batch, s.frames, 3, res, res, device="meta")
+    text = torch.empty(s.classes, cfg.embed_dim, device="meta")
+    labels = torch.zeros(s.batch, dtype=torch.long, device="meta")
 
     def infer():
-        with torch.inference_mode():
-            v, p = ours.encode_video(x)
-            ours.logits_from_features(v, p, text)
+        with torch.no_grad():
+            v, p = model.encode_video(video)
+            model.logits_from_features(v, p, text)
 
     def train():
-        v, p = ours.encode_video(x)
-        F.cross_entropy(ours.logits_from_features(v, p, text.clone()).float(), labels).backward()
+        v, p = model.encode_video(video)
+        F.cross_entropy(model.logits_from_features(v, p, text).float(), labels).backward()
 
-    f_inf = count_flops(infer)
-    f_train = count_flops(train)
-    ours.zero_grad(set_to_none=True)
-    return f_inf, f_train
+    return count_flops(infer), count_flops(train)
 
 
 def _add_ratios(records: list[dict]) -> None:
@@ -960,7 +970,23 @@ def run(
                         raise ValueError(f"--modes: expected 'eager' and/or 'compile', got {m!r}")
                     s = dataclasses.replace(settings, arch=arch, frames=t, dtype=d, compile=(m == "compile"))
                     _say(console, f"[bold]{_cfg_tag(s)}[/]")
-                    records += run_config(s, out, console)
+                    try:
+                        records += run_config(s, out, console)
+                    except ValueError:
+                        raise  # bad arguments: stop
+                    except Exception as e:  # noqa: BLE001  (e.g. out of memory building the reference: next config)
+                        if s.strict:
+                            raise
+                        rec = {"arch": arch, "frames": t, "batch": s.batch, "classes": s.classes, "views": s.views,
+                               "dtype": d, "mode": m, "contender": "(all)",
+                               "status": f"error: {type(e).__name__}: " + str(e).splitlines()[0][:300],
+                               "traceback": traceback.format_exc(limit=8)}
+                        records.append(rec)
+                        out.mkdir(parents=True, exist_ok=True)
+                        with open(out / "results.jsonl", "a") as f:
+                            f.write(json.dumps(_jsonable(rec)) + "\n")
+                        _say(console, _escape(f"  {rec['status']}"))
+                        _free(resolve_device(s.device))
     _add_ratios(records)
     write_outputs(records, out)
     return records
