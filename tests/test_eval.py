@@ -307,3 +307,35 @@ def test_xclip_eval_cli_end_to_end(tmp_path):
     assert s["splits"] == 2 and len(s["top1_per_split"]) == 2
     assert s["top1_mean"] == pytest.approx(sum(s["top1_per_split"]) / 2)
     assert main([str(cfg), "--checkpoint", str(ckpt), "--views", "2x2"]) == 2  # bad views: clean error
+
+
+def test_xclip_eval_cli_k600_novel_protocol(tmp_path):
+    from xclip.eval.cli import main
+    from xclip.model.checkpoints import save_checkpoint
+
+    root = tmp_path / "v"
+    k400 = [f"old action {i}" for i in range(40)]
+    k600 = k400[:20] + [f"new action {i}" for i in range(165)]
+    # videos of classes 20..23 (novel) and 0 (known: never evaluated)
+    _, _, items = make_dataset(root, num_videos=5, num_classes=5, height=32, width=40)
+    lf = root / "k600_val.txt"
+    lf.write_text("".join(f"{rel} {[20, 21, 22, 23, 0][lab]}\n" for rel, lab in items))
+    l600, l400 = tmp_path / "k600.csv", tmp_path / "k400.csv"
+    l600.write_text("".join(f"{i},{n}\n" for i, n in enumerate(k600)))
+    l400.write_text("".join(f"{i},{n}\n" for i, n in enumerate(k400)))
+    ckpt = tmp_path / "ckpt.pth"
+    save_checkpoint(tiny_model(), ckpt)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data:\n  root: {root}\n  val_list: {lf}\n  labels: {l600}\n  num_workers: 0\n")
+    out = tmp_path / "out"
+    assert main([str(cfg), "--checkpoint", str(ckpt), "--zero-shot", "--k400-labels", str(l400), "--seed", "1",
+                 "--views", "1x1", "--output", str(out), "--no-progress", "--batch-size", "4"]) == 0
+    s = json.load(open(out / "zeroshot_summary.json"))
+    assert s["splits"] == 3
+    from xclip.data import read_labels
+
+    splits = k600_novel_splits(read_labels(str(l600)), read_labels(str(l400)), seed=1)
+    for i, subset in enumerate(splits, 1):
+        m = json.load(open(out / f"zeroshot_split{i}_metrics.json"))
+        assert list(m["per_class_accuracy"]) == subset  # the split's 160 names, in K600 order
+        assert m["num_samples"] == sum(f"new action {k}" in subset for k in range(4))
