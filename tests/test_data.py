@@ -267,6 +267,13 @@ def test_train_loader_epochs_reproducible(data):
     for (i, v), (j, w) in zip(e0, e0_again):  # worker processes draw the same frames and crops
         assert i == j and torch.equal(v, w)
     assert [i for i, _ in e0] != [i for i, _ in e1]
+    # persistent workers keep their dataset copies across epochs: the epoch must still reach them
+    loader = build_loader(ds, batch_size=2, train=True, num_workers=1, seed=7, persistent_workers=True)
+    for epoch, expect in ((0, e0), (1, e1)):
+        set_epoch(loader, epoch)
+        got = [(b["index"].tolist(), b["video"]) for b in loader]
+        assert [i for i, _ in got] == [i for i, _ in expect]
+        assert all(torch.equal(v, w) for (_, v), (_, w) in zip(got, expect))
 
 
 def test_shard_sampler_every_sample_once():
