@@ -38,7 +38,6 @@ keeps what it measured), ``results.json``, ``results.md`` and ``results.png``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import importlib.util
@@ -472,12 +471,13 @@ def bench_training(c: Contender, s: BenchSettings, device, dtype, video, tokens,
     module = c.module.to(device=device, dtype=dtype if pure else torch.float32).train()
     for name, p in module.named_parameters():
         p.requires_grad_(not c.is_text_param(name))
-    amp = (
-        torch.autocast(device.type, dtype=dtype)
-        if not pure and dtype != torch.float32
-        else contextlib.nullcontext()
-    )
-    with torch.no_grad(), amp:
+    use_amp = not pure and dtype != torch.float32
+    amp_dtype = dtype if use_amp else torch.bfloat16  # unused when disabled
+
+    def amp():  # a fresh context each time (torch.compile traces its construction)
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+
+    with torch.no_grad(), amp():
         text = c.text_features(tokens)  # frozen text: computed once
     x = video.to(dtype if pure else torch.float32)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -485,7 +485,7 @@ def bench_training(c: Contender, s: BenchSettings, device, dtype, video, tokens,
     scaler = torch.amp.GradScaler(device.type, enabled=(not pure and dtype == torch.float16))
 
     def loss_fn(v: Tensor, y: Tensor) -> Tensor:
-        with amp:
+        with amp():
             logits = c.video_logits(v, text)
         return F.cross_entropy(logits.float(), y)
 
