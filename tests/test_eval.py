@@ -307,6 +307,8 @@ def test_xclip_eval_cli_end_to_end(tmp_path):
     assert s["splits"] == 2 and len(s["top1_per_split"]) == 2
     assert s["top1_mean"] == pytest.approx(sum(s["top1_per_split"]) / 2)
     assert main([str(cfg), "--checkpoint", str(ckpt), "--views", "2x2"]) == 2  # bad views: clean error
+    # key=value overrides after the options reach the config (here: a test list that does not exist)
+    assert main([str(cfg), "--checkpoint", str(ckpt), "--views", "1x1", f"data.val_list={tmp_path}/none.txt"]) == 2
 
 
 def test_xclip_eval_cli_k600_novel_protocol(tmp_path):

@@ -86,7 +86,7 @@ def _amp_dtype(name: str | None, device: torch.device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(args)
