@@ -22,17 +22,20 @@ ARGS = {
 }
 
 
-def oracle(op: str, tensors, scale=None):
-    """float64 output of ``op`` from first principles (per batch, per head)."""
-    t = [x.detach().double() for x in tensors]
+def _plain_qkv(op: str, t):
+    """(q, k, v) of plain attention equivalent to ``op``: messages concatenated, a shared q expanded."""
     if op == "intra_frame_attn":
         q, k, v, km, vm = t
-        k = torch.cat([k, km], 1)
-        v = torch.cat([v, vm], 1)
-    else:
-        q, k, v = t
-        if op == "prompt_cross_attn" and q.dim() == 3:
-            q = q.unsqueeze(0).expand(k.shape[0], -1, -1, -1)
+        return q, torch.cat([k, km], 1), torch.cat([v, vm], 1)
+    q, k, v = t
+    if op == "prompt_cross_attn" and q.dim() == 3:
+        q = q.unsqueeze(0).expand(k.shape[0], -1, -1, -1)
+    return q, k, v
+
+
+def oracle(op: str, tensors, scale=None):
+    """float64 output of ``op`` from first principles (per batch, per head)."""
+    q, k, v = _plain_qkv(op, [x.detach().double() for x in tensors])
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     B, Lq, H, D = q.shape
     out = torch.empty(B, Lq, H, v.shape[-1], dtype=torch.float64)
@@ -49,15 +52,7 @@ def oracle(op: str, tensors, scale=None):
 def eager_same_dtype(op: str, tensors, scale=None):
     """What a plain eager implementation computes in the inputs' own dtype
     (no upcast): the yardstick of the tolerance rule."""
-    t = list(tensors)
-    if op == "intra_frame_attn":
-        q, k, v, km, vm = t
-        k = torch.cat([k, km], 1)
-        v = torch.cat([v, vm], 1)
-    else:
-        q, k, v = t
-        if op == "prompt_cross_attn" and q.dim() == 3:
-            q = q.unsqueeze(0).expand(k.shape[0], -1, -1, -1)
+    q, k, v = _plain_qkv(op, list(tensors))
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
     p = torch.softmax(qh @ kh.transpose(-1, -2) * scale, dim=-1)
@@ -116,15 +111,15 @@ def make_inputs(op, dims, dtype, device, layout="contiguous", seed=0, nan_pad=Fa
                 base_shape = (s[1], s[0], s[2], s[3])
             else:
                 base_shape = s
-            if nan_pad:
-                padded = tuple(n + (2 if i in (len(base_shape) - 3, len(base_shape) - 1) else 0) for i, n in enumerate(base_shape))
+            if nan_pad:  # padded along the sequence and head-dim axes, data in the middle
+                padded_axes = (len(base_shape) - 3, len(base_shape) - 1)
+                padded = tuple(n + 2 * (i in padded_axes) for i, n in enumerate(base_shape))
+                sl = tuple(slice(1, 1 + n) if i in padded_axes else slice(0, n) for i, n in enumerate(base_shape))
                 buf = torch.full(padded, float("nan"), dtype=dtype)
-                sl = tuple(slice(1, 1 + n) if i in (len(base_shape) - 3, len(base_shape) - 1) else slice(0, n) for i, n in enumerate(base_shape))
                 buf[sl] = rand(base_shape)
-                x = buf[sl]
+                x = buf.to(device)[sl]
             else:
-                x = rand(base_shape)
-            x = x.to(device) if not nan_pad else buf.to(device)[sl]
+                x = rand(base_shape).to(device)
             if layout == "seqfirst" and len(s) == 4:
                 x = x.transpose(0, 1)
             tensors.append(x)
