@@ -50,6 +50,9 @@ class ShapesSpec:
     size: int = 32            # frame height = width (even, for yuv420p)
     frames: int = 16          # frames per clip
     fps: int = 8
+    radius: tuple[float, float] = (0.13, 0.19)   # shape radius, fraction of the frame side (drawn per clip)
+    travel: tuple[float, float] = (0.45, 0.7)    # path length, fraction of the frame side (drawn per clip)
+    noise: float = 6.0        # std of the per-pixel background noise (0..255 units)
     train_per_class: int = 24
     val_per_class: int = 4
     test_per_class: int = 8
@@ -66,6 +69,12 @@ class ShapesSpec:
             raise ValueError(f"size must be an even number >= 16, got {self.size}")
         if self.frames < 2:
             raise ValueError(f"frames must be >= 2, got {self.frames}")
+        for name, lo_hi, top in (("radius", self.radius, 0.4), ("travel", self.travel, 1.0)):
+            ok = isinstance(lo_hi, (tuple, list)) and len(lo_hi) == 2 and 0 < float(lo_hi[0]) <= float(lo_hi[1]) <= top
+            if not ok:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high <= {top}, got {lo_hi!r}")
+        if not 0 <= self.noise <= 100:
+            raise ValueError(f"noise must be in [0, 100], got {self.noise}")
         n = len(self.colours) * len(self.shapes) * len(self.motions)
         if not 0 <= self.num_held_out <= n - 2:
             raise ValueError(f"num_held_out must be in [0, {n - 2}] for {n} classes, got {self.num_held_out}")
@@ -129,15 +138,22 @@ def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float
 
 
 def render_clip(colour: str, shape: str, motion: str, *, size: int = 32, frames: int = 16,
-                rng: np.random.Generator) -> np.ndarray:
-    """uint8 ``[frames, size, size, 3]``: the shape moves monotonically in ``motion``'s direction."""
+                rng: np.random.Generator, radius: tuple[float, float] = (0.13, 0.19),
+                travel: tuple[float, float] = (0.45, 0.7), noise: float = 6.0) -> np.ndarray:
+    """uint8 ``[frames, size, size, 3]``: the shape moves at constant speed in ``motion``'s direction.
+
+    Radius and path length are drawn per clip (fractions of ``size``); the
+    whole path stays inside the frame (a path longer than the room left by
+    the shape is shortened to fit).
+    """
     if colour not in COLOURS or shape not in SHAPES or motion not in MOTIONS:
         raise ValueError(f"unknown class ({colour!r}, {shape!r}, {motion!r})")
-    r = rng.uniform(0.13, 0.19) * size
-    speed = rng.uniform(0.45, 0.7) * size / frames      # travel 45-70% of the frame
+    r = rng.uniform(*radius) * size
+    margin = r + 1
+    path = min(rng.uniform(*travel) * size, max(0.0, size - 2 * margin))
+    speed = path / (frames - 1)
     travel = speed * (frames - 1)
     ux, uy = MOTIONS[motion]
-    margin = r + 1
     # start so that the whole path stays inside the frame
     lo_x, hi_x = (margin + max(0.0, -ux) * travel, size - margin - max(0.0, ux) * travel)
     lo_y, hi_y = (margin + max(0.0, -uy) * travel, size - margin - max(0.0, uy) * travel)
@@ -150,7 +166,8 @@ def render_clip(colour: str, shape: str, motion: str, *, size: int = 32, frames:
     for t in range(frames):
         cx, cy = x0 + ux * speed * t, y0 + uy * speed * t
         img = np.broadcast_to(bg, (size, size, 3)).copy()
-        img += rng.normal(0, 6, size=(size, size, 3)).astype(np.float32)
+        if noise > 0:
+            img += rng.normal(0, noise, size=(size, size, 3)).astype(np.float32)
         img[_shape_mask(shape, yy, xx, cy, cx, r)] = base
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
     return out
@@ -172,7 +189,8 @@ def _render_and_write(args) -> None:
 
     root, spec_d, split_id, combo_index, c, k, rel = args
     rng = np.random.default_rng([spec_d["seed"], split_id, combo_index, k])
-    frames = render_clip(*c, size=spec_d["size"], frames=spec_d["frames"], rng=rng)
+    frames = render_clip(*c, size=spec_d["size"], frames=spec_d["frames"], rng=rng, radius=tuple(spec_d["radius"]),
+                         travel=tuple(spec_d["travel"]), noise=spec_d["noise"])
     write_video(os.path.join(root, rel), frames, fps=spec_d["fps"])
 
 
@@ -190,7 +208,7 @@ def generate_dataset(root: str, spec: ShapesSpec | None = None, *, progress: boo
         try:
             with open(meta) as f:
                 old = json.load(f)
-            if old.get("spec") == asdict(spec) and old.get("complete"):
+            if old.get("spec") == json.loads(json.dumps(asdict(spec))) and old.get("complete"):
                 return old
         except (OSError, ValueError):
             pass

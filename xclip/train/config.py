@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "text_template": "{}",       # class name -> prompt text
         "augment": None,             # None: the data module's training augmentation; or a dict of
                                      # xclip.data.train_transform options (flip, jitter, grayscale, scales)
+        "cache_frames": False,       # decode each video once and keep its frames in memory (small data sets)
     },
     "train": {
         "epochs": 30,

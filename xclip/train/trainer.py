@@ -199,7 +199,7 @@ def _class_tokens(cfg: dict) -> tuple[list[str], torch.Tensor]:
     return names, xclip.tokenize([template.format(n) for n in names])
 
 
-def _dataset(cfg: dict, list_file: str, mode: str, num_clips: int = 1, num_crops: int = 1):
+def _dataset(cfg: dict, list_file: str, mode: str, num_clips: int = 1, num_crops: int = 1, frame_cache=None):
     from xclip.data import VideoDataset
 
     d = cfg["data"]
@@ -220,6 +220,10 @@ def _dataset(cfg: dict, list_file: str, mode: str, num_clips: int = 1, num_crops
             ds.transform = train_transform(ds.input_size, ds.mean, ds.std, **opts)
         except TypeError as e:
             raise ValueError(f"data.augment: {e}") from None
+    if frame_cache is not None:
+        from .frame_cache import cached_dataset
+
+        ds = cached_dataset(ds, frame_cache)
     return ds
 
 
@@ -278,10 +282,14 @@ def _evaluate(model, loader, text, cfg, dist_info, amp_dtype, num_classes):
                     progress=bool(cfg["log"].get("progress", True)))
 
 
-def train(cfg: dict, *, model: nn.Module | None = None, on_step: Callable[[dict], None] | None = None) -> dict:
+def train(cfg: dict, *, model: nn.Module | None = None, on_step: Callable[[dict], None] | None = None,
+          frame_cache=None) -> dict:
     """Run a training job. ``model`` (optional) replaces the one the config describes.
 
     ``cfg`` may be partial: it is merged over :data:`xclip.train.config.DEFAULTS`.
+    ``frame_cache`` (a :class:`xclip.train.frame_cache.FrameCache`, optional) serves
+    decoded frames to every data set of the run; with ``data.cache_frames: true``
+    and none given, the run makes its own. The summary returns the one used.
     """
     cfg = validate(merge(DEFAULTS, cfg))
     t_cfg, d_cfg = cfg["train"], cfg["data"]
@@ -292,12 +300,12 @@ def train(cfg: dict, *, model: nn.Module | None = None, on_step: Callable[[dict]
             os.makedirs(output, exist_ok=True)
         barrier()
         log = setup_logger(output, dist_info.is_main)
-        return _train(cfg, dist_info, log, model, on_step)
+        return _train(cfg, dist_info, log, model, on_step, frame_cache)
     finally:
         cleanup()
 
 
-def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dict:
+def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step, frame_cache=None) -> dict:
     t_cfg, d_cfg = cfg["train"], cfg["data"]
     output = cfg["output"]
     device = dist_info.device
@@ -336,14 +344,25 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
     bs = int(t_cfg["batch_size"])
     accum = int(t_cfg["accumulation_steps"])
     workers = int(d_cfg.get("num_workers", 0))
-    train_ds = _dataset(cfg, d_cfg["train_list"], "train")
+    if frame_cache is None and d_cfg.get("cache_frames"):
+        from .frame_cache import FrameCache
+
+        frame_cache = FrameCache(d_cfg.get("decoder", "auto"))
+    train_ds = _dataset(cfg, d_cfg["train_list"], "train", frame_cache=frame_cache)
     train_loader = build_loader(train_ds, bs, train=True, num_workers=workers,
                                 distributed=dist_info.distributed, seed=seed, drop_last=True)
     val_loader = None
     if d_cfg.get("val_list") and int(t_cfg.get("eval_every", 1)) > 0:
-        val_ds = _dataset(cfg, d_cfg["val_list"], "test", 1, 1)
+        val_ds = _dataset(cfg, d_cfg["val_list"], "test", 1, 1, frame_cache=frame_cache)
         val_loader = build_loader(val_ds, int(cfg["test"].get("batch_size") or bs), train=False, num_workers=workers,
                                   distributed=dist_info.distributed, seed=seed)
+    if frame_cache is not None:  # decode up front (workers forked later share the frames)
+        paths = [p for p, _ in train_ds.samples] + ([p for p, _ in val_loader.dataset.samples] if val_loader else [])
+        t_fill = time.time()
+        failed = frame_cache.fill(paths, progress=dist_info.is_main and bool(cfg["log"].get("progress", True)))
+        log.info(f"frame cache: {len(frame_cache)} videos decoded and held in memory "
+                 f"({frame_cache.nbytes / 2**20:.1f} MiB, {time.time() - t_fill:.1f} s)"
+                 + (f"; {len(failed)} could not be decoded (skipped when drawn)" if failed else ""))
     micro_per_epoch = len(train_loader)
     steps_per_epoch = micro_per_epoch // accum
     if steps_per_epoch < 1:
@@ -627,7 +646,7 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
     test_list = d_cfg.get("test_list") or d_cfg.get("val_list")
     if t_cfg.get("final_test", True) and test_list and not summary["stopped_early"]:
         nc_, ncr = int(cfg["test"]["num_clips"]), int(cfg["test"]["num_crops"])
-        test_ds = _dataset(cfg, test_list, "test", nc_, ncr)
+        test_ds = _dataset(cfg, test_list, "test", nc_, ncr, frame_cache=frame_cache)
         test_loader = build_loader(test_ds, int(cfg["test"].get("batch_size") or bs), train=False, num_workers=workers,
                                    distributed=dist_info.distributed, seed=seed)
         text, _ = text_input()
@@ -645,6 +664,7 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step) -> dic
             json.dump({k: v for k, v in summary.items() if k != "test_result"}, f, indent=2, default=str)
     summary["model"] = model
     summary["class_names"] = class_names
+    summary["frame_cache"] = frame_cache
     return summary
 
 
