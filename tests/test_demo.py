@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+import pytest
+import torch
 import yaml
 
 from train_utils import REPO
@@ -17,8 +20,62 @@ def test_demo_config_file_matches_embedded_default():
         file_cfg = yaml.safe_load(f)
     for section in ("model", "train", "test"):
         assert file_cfg[section] == DEMO_CONFIG[section], section
-    for key in ("input_size", "num_workers", "decoder", "augment"):
+    for key in ("input_size", "num_workers", "decoder", "augment", "cache_frames"):
         assert file_cfg["data"][key] == DEMO_CONFIG["data"][key], key
+
+
+def test_render_clip_motion_and_shape():
+    """Each motion moves the shape's centroid the named way, the path stays inside the frame,
+    and the shape's pixels have the class colour."""
+    from xclip.demo_data import COLOURS, render_clip
+
+    for motion, (ux, uy) in {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.items():
+        clip = render_clip("red", "triangle", motion, size=32, frames=8, rng=np.random.default_rng(1),
+                           radius=(0.2, 0.2), travel=(0.5, 0.5), noise=0.0)
+        mask = np.abs(clip.astype(int) - np.array(COLOURS["red"])).sum(-1) < 60  # [T, H, W]
+        assert mask.sum(axis=(1, 2)).min() > 10  # the whole shape is visible in every frame
+        ys, xs = np.mgrid[0:32, 0:32]
+        cx = np.array([xs[m].mean() for m in mask])
+        cy = np.array([ys[m].mean() for m in mask])
+        dx, dy = cx[-1] - cx[0], cy[-1] - cy[0]
+        assert dx * ux + dy * uy > 10 and abs(dx * uy) + abs(dy * ux) < 1.5, (motion, dx, dy)
+
+
+def test_held_out_classes_are_novel_combinations():
+    from xclip.demo_data import ShapesSpec, choose_held_out, class_names
+
+    spec = ShapesSpec()
+    held = choose_held_out(spec)
+    trained = [c for c in class_names(spec) if c not in held]
+    assert len(held) == spec.num_held_out
+    for h in held:  # every word pair of a held-out class still occurs in training
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            assert any(t[i] == h[i] and t[j] == h[j] for t in trained)
+
+
+def test_frame_cache_matches_decoding(tmp_path):
+    """The cached dataset returns exactly what VideoDataset decodes, train (augmented) and test."""
+    from xclip.data import VideoDataset
+    from xclip.data.transforms import train_transform
+    from xclip.demo_data import ShapesSpec, generate_dataset
+    from xclip.train.frame_cache import FrameCache, cached_dataset
+
+    root = str(tmp_path / "d")
+    generate_dataset(root, ShapesSpec(colours=["red", "blue"], shapes=["circle"], motions=["left", "up"], num_held_out=0,
+                                      train_per_class=2, val_per_class=0, test_per_class=1, zeroshot_per_class=0))
+    cache = FrameCache("pyav")
+    for lst, mode in (("train.txt", "train"), ("test.txt", "test")):
+        ds = VideoDataset(os.path.join(root, lst), root, num_frames=4, mode=mode, input_size=32, decoder="pyav", seed=5)
+        if mode == "train":
+            ds.transform = train_transform(32, ds.mean, ds.std, flip=0.0, jitter=0.0, grayscale=0.0, scales=(1.0, 0.875))
+        cd = cached_dataset(ds, cache)
+        for epoch in (0, 3):
+            ds.set_epoch(epoch)
+            cd.set_epoch(epoch)
+            for i in range(len(ds)):
+                a, b = ds[i], cd[i]
+                assert a["label"] == b["label"] and torch.equal(a["video"], b["video"])
+    assert len(cache) == 6 and cache.nbytes > 0
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -28,14 +85,19 @@ def test_quick_demo_end_to_end(tmp_path):
     assert main(["--output", out, "--quick", "--no-progress"]) == 0
     res = json.load(open(os.path.join(out, "results.json")))
     assert set(res["runs"]) == {"run_crossframe", "run_meanpool"}
+    n_held = len(res["held_out"])
     for name, r in res["runs"].items():
-        assert 0.0 <= r["test_top1"] <= 100.0 and r["test_videos"] > 0
-        assert 0.0 <= r["zeroshot_top1"] <= 100.0 and r["zeroshot_videos"] == 6 * 3
+        assert 0.0 <= r["test_top1"] <= 100.0 and r["test_videos"] == 2 * len(res["trained"])
+        assert 0.0 <= r["zeroshot_top1"] <= 100.0 and r["zeroshot_videos"] == 3 * n_held
+        for key in ("test_attributes", "zeroshot_attributes", "zeroshot_all_classes_attributes"):
+            assert set(r[key]) == {"colour", "shape", "motion", "motion_axis"}
+            assert all(0.0 <= v <= 100.0 for v in r[key].values())
         for png in (f"confusion_test_{name}.png", f"confusion_zeroshot_{name}.png"):
             assert os.path.getsize(os.path.join(out, png)) > 1000
     assert res["runs"]["run_crossframe"]["cross_frame"] and not res["runs"]["run_meanpool"]["cross_frame"]
     report = open(os.path.join(out, "report.md")).read()
     assert "curves.png" in report and "zero-shot" in report
+    assert f"{res['runs']['run_crossframe']['test_top1']:.1f}%" in report
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     # real mp4 files and official-format lists, held-out classes absent from training
     data = os.path.join(out, "data")

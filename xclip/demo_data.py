@@ -43,20 +43,20 @@ MOTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": 
 
 @dataclass
 class ShapesSpec:
-    colours: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow"])
+    colours: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
     shapes: list[str] = field(default_factory=lambda: ["circle", "square", "triangle"])
     motions: list[str] = field(default_factory=lambda: ["left", "right", "up", "down"])
-    num_held_out: int = 8
+    num_held_out: int = 6
     size: int = 32            # frame height = width (even, for yuv420p)
     frames: int = 16          # frames per clip
     fps: int = 8
-    radius: tuple[float, float] = (0.13, 0.19)   # shape radius, fraction of the frame side (drawn per clip)
-    travel: tuple[float, float] = (0.45, 0.7)    # path length, fraction of the frame side (drawn per clip)
-    noise: float = 6.0        # std of the per-pixel background noise (0..255 units)
-    train_per_class: int = 24
+    radius: tuple[float, float] = (0.18, 0.24)   # shape radius, fraction of the frame side (drawn per clip)
+    travel: tuple[float, float] = (0.4, 0.6)     # path length, fraction of the frame side (drawn per clip)
+    noise: float = 4.0        # std of the per-pixel background noise (0..255 units)
+    train_per_class: int = 48
     val_per_class: int = 4
-    test_per_class: int = 8
-    zeroshot_per_class: int = 10
+    test_per_class: int = 10
+    zeroshot_per_class: int = 16
     seed: int = 0
 
     def validate(self) -> None:

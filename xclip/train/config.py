@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 5,
         "lr": 8.0e-6,                # CLIP parts; new modules get lr * new_module_lr_mult
         "new_module_lr_mult": 10.0,
+        "text_lr_mult": 1.0,         # text tower (training it, fix_text=false) at lr * text_lr_mult
         "min_lr_ratio": 0.01,        # cosine floor at lr / 100
         "warmup_init_lr": 0.0,
         "weight_decay": 0.001,
@@ -241,6 +242,7 @@ def validate(cfg: dict) -> dict:
         num(t, "warmup_epochs", "train", 0)
         num(t, "lr", "train", 0)
         num(t, "new_module_lr_mult", "train", 0)
+        num(t, "text_lr_mult", "train", 0)
         num(t, "min_lr_ratio", "train", 0)
         num(t, "weight_decay", "train", 0)
         num(t, "batch_size", "train", 1, integer=True)

@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["NEW_MODULE_KEYWORDS", "NO_DECAY_KEYWORDS", "is_new_module", "is_no_decay", "param_groups", "build_optimizer", "freeze_text"]
+__all__ = ["NEW_MODULE_KEYWORDS", "NO_DECAY_KEYWORDS", "TEXT_PREFIXES", "is_new_module", "is_no_decay", "is_text", "param_groups", "build_optimizer", "freeze_text"]
 
 NEW_MODULE_KEYWORDS = ("message_", "mit.", "prompts_")
 # Embeddings that take no weight decay even though they are not 1-D.
@@ -25,6 +25,14 @@ VIDEO_SIDE_KEYWORDS = ("visual.", "mit.", "prompts_", "message_")
 
 def is_new_module(name: str) -> bool:
     return any(k in name for k in NEW_MODULE_KEYWORDS) or name.startswith("mit") or name.startswith("prompts")
+
+
+# The text tower of the model (top-level names; the vision tower's live under "visual.").
+TEXT_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
+
+
+def is_text(name: str) -> bool:
+    return name.startswith(TEXT_PREFIXES)
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
@@ -47,37 +55,45 @@ def param_groups(
     lr: float,
     weight_decay: float,
     new_module_lr_mult: float = 10.0,
+    text_lr_mult: float = 1.0,
 ) -> list[dict]:
-    """Split trainable parameters into up to four AdamW groups.
+    """Split trainable parameters into up to four AdamW groups (six with ``text_lr_mult != 1``).
 
     Each group carries ``name``, ``lr`` and ``base_lr`` (what the schedule
     scales), ``weight_decay`` and ``param_names`` (for logging and tests).
-    Frozen parameters (``requires_grad=False``) are left out.
+    Frozen parameters (``requires_grad=False``) are left out. With
+    ``text_lr_mult != 1`` the text tower gets its own groups (``text_*``) at
+    ``lr * text_lr_mult``.
     """
-    if lr < 0 or weight_decay < 0 or new_module_lr_mult < 0:
-        raise ValueError(f"lr, weight_decay and new_module_lr_mult must be >= 0, got {lr}, {weight_decay}, {new_module_lr_mult}")
-    buckets: dict[tuple[bool, bool], tuple[list, list]] = {}
+    if lr < 0 or weight_decay < 0 or new_module_lr_mult < 0 or text_lr_mult < 0:
+        raise ValueError(f"lr, weight_decay, new_module_lr_mult and text_lr_mult must be >= 0, got {lr}, "
+                         f"{weight_decay}, {new_module_lr_mult}, {text_lr_mult}")
+    split_text = text_lr_mult != 1.0
+    buckets: dict[tuple[str, bool], tuple[list, list]] = {}
     for name, p in named_params:
         if not p.requires_grad:
             continue
-        key = (is_new_module(name), is_no_decay(name, p))
+        kind = "new" if is_new_module(name) else ("text" if split_text and is_text(name) else "clip")
+        key = (kind, is_no_decay(name, p))
         buckets.setdefault(key, ([], []))
         buckets[key][0].append(p)
         buckets[key][1].append(name)
     groups = []
-    for (new, no_decay) in [(False, False), (False, True), (True, False), (True, True)]:
-        if (new, no_decay) not in buckets:
-            continue
-        params, names = buckets[(new, no_decay)]
-        group_lr = lr * (new_module_lr_mult if new else 1.0)
-        groups.append({
-            "params": params,
-            "param_names": names,
-            "name": f"{'new' if new else 'clip'}_{'no_decay' if no_decay else 'decay'}",
-            "lr": group_lr,
-            "base_lr": group_lr,
-            "weight_decay": 0.0 if no_decay else weight_decay,
-        })
+    mult = {"clip": 1.0, "new": new_module_lr_mult, "text": text_lr_mult}
+    for kind in ("clip", "new", "text"):
+        for no_decay in (False, True):
+            if (kind, no_decay) not in buckets:
+                continue
+            params, names = buckets[(kind, no_decay)]
+            group_lr = lr * mult[kind]
+            groups.append({
+                "params": params,
+                "param_names": names,
+                "name": f"{kind}_{'no_decay' if no_decay else 'decay'}",
+                "lr": group_lr,
+                "base_lr": group_lr,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            })
     if not groups:
         raise ValueError("the model has no trainable parameters (all requires_grad=False)")
     return groups
@@ -89,6 +105,7 @@ def build_optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.AdamW:
         lr=float(train_cfg["lr"]),
         weight_decay=float(train_cfg["weight_decay"]),
         new_module_lr_mult=float(train_cfg.get("new_module_lr_mult", 10.0)),
+        text_lr_mult=float(train_cfg.get("text_lr_mult", 1.0)),
     )
     betas = tuple(float(b) for b in train_cfg.get("betas", (0.9, 0.98)))
     kwargs = dict(lr=float(train_cfg["lr"]), betas=betas, eps=float(train_cfg.get("eps", 1e-8)))
