@@ -58,7 +58,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "augment": {"flip": 0.0, "jitter": 0.0, "grayscale": 0.0, "scales": [1.0, 0.875]},
     },
     "train": {
-        "epochs": 40, "warmup_epochs": 2, "lr": 1.0e-3, "new_module_lr_mult": 10.0, "text_lr_mult": 0.1,
+        "epochs": 40, "warmup_epochs": 2, "lr": 1.0e-3, "new_module_lr_mult": 3.0, "text_lr_mult": 1.0,
         "weight_decay": 0.05, "batch_size": 32, "accumulation_steps": 1, "clip_grad": 1.0, "amp": "none",
         "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "device": "cpu", "eval_every": 5,
         "num_threads": 2,  # frames are cached, so both cores compute
