@@ -113,3 +113,16 @@ def test_quick_demo_end_to_end(tmp_path):
 
     m = xclip.load_pretrained(os.path.join(out, "run_crossframe", "best.pth"))
     assert m.config.cross_frame
+
+
+def test_prune_epoch_checkpoints(tmp_path):
+    from xclip.train.checkpoint import checkpoint_name, list_checkpoints, prune_epoch_checkpoints
+
+    d = str(tmp_path)
+    for step, epoch in ((10, 0), (20, 1), (25, None), (30, 2)):
+        open(os.path.join(d, checkpoint_name(step, epoch)), "wb").close()
+    open(os.path.join(d, "best.pth"), "wb").close()
+    prune_epoch_checkpoints(d, 1)
+    left = {os.path.basename(p) for _, _, p in list_checkpoints(d)}
+    assert left == {checkpoint_name(25), checkpoint_name(30, 2)}
+    assert os.path.isfile(os.path.join(d, "best.pth"))

@@ -61,6 +61,8 @@ DEMO_CONFIG: dict[str, Any] = {
         "epochs": 40, "warmup_epochs": 2, "lr": 1.0e-3, "new_module_lr_mult": 3.0, "text_lr_mult": 1.0,
         "weight_decay": 0.05, "batch_size": 32, "accumulation_steps": 1, "clip_grad": 1.0, "amp": "none",
         "label_smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "device": "cpu", "eval_every": 5,
+        "keep_epoch_checkpoints": 1,  # the newest epoch checkpoint and best.pth (43 MB each: the tokenizer's
+                                      # 49k-entry embedding table and its AdamW moments)
         "num_threads": 2,  # frames are cached, so both cores compute
     },
     "test": {"num_clips": 1, "num_crops": 1},

@@ -111,6 +111,16 @@ def prune_step_checkpoints(directory: str, keep: int) -> None:
             warnings.warn(f"could not delete old checkpoint {path}: {e}")
 
 
+def prune_epoch_checkpoints(directory: str, keep: int) -> None:
+    """Delete all but the ``keep`` newest epoch-end checkpoints (best.pth and mid-epoch files stay)."""
+    ends = [c for c in list_checkpoints(directory) if c[1]]
+    for _, _, path in ends[: max(0, len(ends) - max(keep, 1))]:
+        try:
+            os.unlink(path)
+        except OSError as e:
+            warnings.warn(f"could not delete old checkpoint {path}: {e}")
+
+
 def get_rng_state() -> dict:
     np_state = np.random.get_state()
     state = {

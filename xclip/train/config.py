@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "resume": None,              # None | "auto" | path
         "save_every_steps": 0,       # extra mid-epoch checkpoints (0 = off)
         "keep_step_checkpoints": 1,
+        "keep_epoch_checkpoints": None,  # None: keep every epoch-end checkpoint; N: only the N newest
         "max_steps": None,           # stop after this many optimiser steps (debugging, tests)
         "deterministic": False,
         "eval_every": 1,             # epochs; 0 = no per-epoch evaluation
@@ -254,6 +255,7 @@ def validate(cfg: dict) -> dict:
         num(t, "cutmix", "train", 0)
         num(t, "mixup_switch_prob", "train", 0)
         num(t, "save_every_steps", "train", 0, integer=True)
+        num(t, "keep_epoch_checkpoints", "train", 1, integer=True, allow_none=True)
         num(t, "max_steps", "train", 1, integer=True, allow_none=True)
         num(t, "eval_every", "train", 0, integer=True)
         num(t, "num_threads", "train", 1, integer=True, allow_none=True)

@@ -486,6 +486,8 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step, frame_
         ckpt_lib.atomic_save(state, path)
         if not epoch_complete:
             ckpt_lib.prune_step_checkpoints(output, int(t_cfg.get("keep_step_checkpoints", 1)))
+        elif t_cfg.get("keep_epoch_checkpoints"):
+            ckpt_lib.prune_epoch_checkpoints(output, int(t_cfg["keep_epoch_checkpoints"]))
         if is_best:
             ckpt_lib.atomic_save(state, os.path.join(output, "best.pth"))
         log.info(f"saved {name}{' and best.pth' if is_best else ''}")
