@@ -59,6 +59,13 @@ def eager_same_dtype(op: str, tensors, scale=None):
     return (p @ vh).transpose(1, 2)
 
 
+def eager_out_and_grads(op: str, tensors, do, scale=None):
+    """Output (detached) and input gradients of :func:`eager_same_dtype` for upstream gradient ``do``."""
+    xs = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = eager_same_dtype(op, xs, scale)
+    return out.detach(), torch.autograd.grad(out, xs, do)
+
+
 def shapes(op: str, dims: dict) -> list[tuple]:
     """Tensor shapes of ``op`` for sizes in ``dims`` (keys B/T, F/N/M, B/K/N, H, D)."""
     H, D = dims["H"], dims["D"]

@@ -31,7 +31,7 @@ pytestmark = [
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from xclip_kernels import reference as R  # noqa: E402
-from op_cases import ARGS, ATOL, assert_close_rule  # noqa: E402
+from op_cases import ARGS, ATOL, assert_close_rule, eager_out_and_grads  # noqa: E402
 
 ARCH = {  # (visual heads, tokens per frame, prompt heads)
     "B/32": (12, 50, 8),
@@ -54,20 +54,6 @@ def poison(monkeypatch):
     monkeypatch.setattr(_common, "POISON", True)
 
 
-def _eager(op, tensors, do, scale):
-    xs = [t.detach().clone().requires_grad_(True) for t in tensors]
-    if op == "intra_frame_attn":
-        q, k, v, km, vm = xs
-        k, v = torch.cat([k, km], 1), torch.cat([v, vm], 1)
-    else:
-        q, k, v = xs
-        if q.dim() == 3:
-            q = q.unsqueeze(0).expand(k.shape[0], *q.shape)
-    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-    p = torch.softmax((qh @ kh.transpose(-1, -2)) * scale, dim=-1)
-    out = (p @ vh).transpose(1, 2)
-    return out.detach(), torch.autograd.grad(out, xs, do)
-
 
 def _check(op, tensors, dtype, grads=True):
     mod = _mods()[op]
@@ -76,7 +62,7 @@ def _check(op, tensors, dtype, grads=True):
     t64 = [t.double() for t in tensors]
     out64, lse64 = getattr(R, f"{op}_fwd")(*t64, scale)
     do = torch.randn_like(out)
-    eager_out, eager_grads = _eager(op, tensors, do, scale)
+    eager_out, eager_grads = eager_out_and_grads(op, tensors, do, scale)
     assert_close_rule("out", out, out64, eager_out, ATOL[dtype])
     assert not torch.isnan(lse).any()
     torch.testing.assert_close(lse.double(), lse64, atol=1e-3, rtol=1e-4)

@@ -24,7 +24,7 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import xclip_kernels as xk  # noqa: E402
 from xclip_kernels import reference as R  # noqa: E402
 from xclip_kernels.backends import OpInputs  # noqa: E402
-from op_cases import ARGS, ATOL, assert_close_rule, make_inputs  # noqa: E402
+from op_cases import ARGS, ATOL, assert_close_rule, eager_out_and_grads, make_inputs  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 if not INTERPRET and not torch.cuda.is_available():
@@ -67,22 +67,6 @@ def poison(monkeypatch):
     monkeypatch.setattr(C, "POISON", True)
 
 
-def _eager_grads(op, tensors, do, scale):
-    """Output and gradients of a plain eager implementation in the inputs' own dtype (no upcast)."""
-    xs = [t.detach().clone().requires_grad_(True) for t in tensors]
-    if op == "intra_frame_attn":
-        q, k, v, km, vm = xs
-        k, v = torch.cat([k, km], 1), torch.cat([v, vm], 1)
-    else:
-        q, k, v = xs
-        if q.dim() == 3:
-            q = q.unsqueeze(0).expand(k.shape[0], *q.shape)
-    qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-    p = torch.softmax((qh @ kh.transpose(-1, -2)) * scale, dim=-1)
-    out = (p @ vh).transpose(1, 2)
-    grads = torch.autograd.grad(out, xs, do)
-    return out.detach(), grads
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -107,7 +91,7 @@ def test_kernels_against_float64(case, dtype, poison):
     do = torch.randn(out.shape, generator=g).to(dtype).to(DEVICE)
     grads = mod.backward(do, *tensors, out, lse, scale)
     grads64 = getattr(R, f"{op}_bwd")(do.double(), *t64, out64, lse64, scale)
-    _, eager = _eager_grads(op, tensors, do, scale)
+    _, eager = eager_out_and_grads(op, tensors, do, scale)
     assert len(grads) == len(tensors)
     for name, t, gk, g64, ge in zip(ARGS[op], tensors, grads, grads64, eager):
         assert gk.shape == t.shape and gk.dtype == t.dtype, f"d{name}: {gk.shape}/{gk.dtype}"
