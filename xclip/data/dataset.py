@@ -176,11 +176,12 @@ class VideoDataset(Dataset):
         index = index % len(self)
         path, label = self.samples[index]
         rng = np.random.default_rng(self._seed_for(index, epoch)) if self.train else None
-        with open_video(path, self.decoder, self.decoder_threads) as reader:
-            views_idx = sample_indices(len(reader), self.num_frames, sampling=self.sampling, train=self.train,
-                                       num_clips=self.num_clips, frame_interval=self.frame_interval, rng=rng)
-            flat = [i for v in views_idx for i in v]
-            frames = reader.get_frames(flat)  # [C*T, H, W, 3] uint8
+
+        def pick(num_video_frames: int) -> list[list[int]]:
+            return sample_indices(num_video_frames, self.num_frames, sampling=self.sampling, train=self.train,
+                                  num_clips=self.num_clips, frame_interval=self.frame_interval, rng=rng)
+
+        views_idx, frames = self._read_frames(path, pick)
         h, w = frames.shape[1:3]
         clips = frames.permute(0, 3, 1, 2).reshape(len(views_idx), self.num_frames, 3, h, w)
         if self.train:
@@ -192,6 +193,17 @@ class VideoDataset(Dataset):
             views = [crop for c in range(clips.shape[0]) for crop in self.transform(clips[c].contiguous())]
         video = torch.stack(views).contiguous()
         return {"video": video, "label": int(label), "index": int(index)}
+
+    def _read_frames(self, path: str, pick) -> tuple[list[list[int]], torch.Tensor]:
+        """Decode the frames ``pick(num_frames_in_video)`` selects: (view indices, uint8 [C*T, H, W, 3]).
+
+        Subclasses replace where frames come from (e.g. an in-memory cache); sampling
+        and augmentation in :meth:`load` stay the same.
+        """
+        with open_video(path, self.decoder, self.decoder_threads) as reader:
+            views_idx = pick(len(reader))
+            frames = reader.get_frames([i for v in views_idx for i in v])
+        return views_idx, frames
 
     def _get(self, key) -> dict[str, Any] | SkippedVideo:
         epoch, index = self._split_key(key)

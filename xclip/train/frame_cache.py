@@ -17,13 +17,11 @@ share it instead of each decoding again.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Iterable
 
-import numpy as np
 import torch
 
 from xclip.data import VideoDataset
-from xclip.data.sampling import sample_indices
 from xclip.data.video_io import open_video
 
 __all__ = ["FrameCache", "CachedVideoDataset", "cached_dataset"]
@@ -93,27 +91,9 @@ class CachedVideoDataset(VideoDataset):
 
     frame_cache: FrameCache
 
-    def load(self, index: int, epoch: int | None = None) -> dict[str, Any]:
-        # VideoDataset.load with the decode replaced by a cache lookup.
-        epoch = self.epoch if epoch is None else int(epoch)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} videos")
-        index = index % len(self)
-        path, label = self.samples[index]
-        rng = np.random.default_rng(self._seed_for(index, epoch)) if self.train else None
+    def _read_frames(self, path: str, pick) -> tuple[list[list[int]], torch.Tensor]:
+        # VideoDataset.load's decode replaced by a cache lookup; sampling and augmentation unchanged.
         all_frames = self.frame_cache.get(path)
-        views_idx = sample_indices(int(all_frames.shape[0]), self.num_frames, sampling=self.sampling,
-                                   train=self.train, num_clips=self.num_clips,
-                                   frame_interval=self.frame_interval, rng=rng)
+        views_idx = pick(int(all_frames.shape[0]))
         flat = torch.as_tensor([i for v in views_idx for i in v], dtype=torch.long)
-        frames = all_frames.index_select(0, flat)
-        h, w = frames.shape[1:3]
-        clips = frames.permute(0, 3, 1, 2).reshape(len(views_idx), self.num_frames, 3, h, w)
-        if self.train:
-            aug_seed = int(rng.integers(2**63 - 1))
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(aug_seed)
-                views = [self.transform(clips[0].contiguous())]
-        else:
-            views = [crop for c in range(clips.shape[0]) for crop in self.transform(clips[c].contiguous())]
-        return {"video": torch.stack(views).contiguous(), "label": int(label), "index": int(index)}
+        return views_idx, all_frames.index_select(0, flat)
