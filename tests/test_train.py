@@ -165,6 +165,54 @@ def test_cosine_schedule_values():
     assert s2.step_count == 120 and s2.get_last_lr()[0] == pytest.approx(0.01)
 
 
+def test_schedule_hold_keeps_a_group_at_zero_then_ramps():
+    opt = torch.optim.AdamW([{"params": [nn.Parameter(torch.zeros(1))], "lr": 1.0, "name": "clip_decay"},
+                             {"params": [nn.Parameter(torch.zeros(1))], "lr": 2.0, "name": "text_decay"}])
+    s = CosineWarmupSchedule(opt, total_steps=100, warmup_steps=4, min_lr_ratio=0.01, hold={"text_decay": 10})
+    free = CosineWarmupSchedule(torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=1.0), total_steps=100, warmup_steps=4)
+    lrs, ref = [], []
+    for _ in range(100):
+        lrs.append(s.get_last_lr())
+        ref.append(free.get_last_lr()[0])
+        s.step()
+        free.step()
+    assert [a for a, _ in lrs] == pytest.approx(ref)  # the group that is not held follows the plain schedule
+    assert all(b == 0.0 for _, b in lrs[:10])
+    # from step 10 a linear ramp over the warm-up length (4 steps) up to the group's own schedule
+    for k, step in enumerate(range(10, 14)):
+        assert lrs[step][1] == pytest.approx(2.0 * ref[step] * (k + 1) / 4)
+    assert [b for _, b in lrs[14:]] == pytest.approx([2.0 * r for r in ref[14:]])
+    assert s.state_dict()["hold"] == {"text_decay": 10}
+    s2 = CosineWarmupSchedule(opt, total_steps=100, warmup_steps=4, hold={"text_decay": 10})
+    s2.load_state_dict({"step_count": 5})
+    assert s2.get_last_lr()[1] == 0.0  # a run resumed inside the hold stays held
+    with pytest.raises(ValueError, match=r"hold names parameter group\(s\) \['text'\]"):
+        CosineWarmupSchedule(opt, total_steps=10, hold={"text": 3})
+    with pytest.raises(ValueError, match="hold steps must be >= 0"):
+        CosineWarmupSchedule(opt, total_steps=10, hold={"text_decay": -1})
+
+
+def test_param_groups_split_text_keeps_the_rate():
+    m = _Toy()
+    plain = {g["name"]: g for g in param_groups(m.named_parameters(), lr=1e-3, weight_decay=0.1)}
+    split = {g["name"]: g for g in param_groups(m.named_parameters(), lr=1e-3, weight_decay=0.1, split_text=True)}
+    assert set(split["text_decay"]["param_names"]) == {"transformer.weight"}
+    assert set(split["text_no_decay"]["param_names"]) == {"transformer.bias", "ln_final.weight", "ln_final.bias"}
+    assert split["text_decay"]["lr"] == plain["clip_decay"]["lr"] == 1e-3
+    assert split["text_decay"]["weight_decay"] == 0.1 and split["text_no_decay"]["weight_decay"] == 0.0
+    assert sorted(n for g in split.values() for n in g["param_names"]) == sorted(n for n, _ in m.named_parameters())
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["train.text_freeze_epochs=2"], "needs model.fix_text=false"),
+    (["model.fix_text=false", "train.epochs=3", "train.text_freeze_epochs=3"], "must be < train.epochs=3"),
+    (["model.fix_text=false", "train.text_freeze_epochs=-1"], "train.text_freeze_epochs must be >= 0"),
+])
+def test_text_freeze_epochs_bad_settings(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
 def test_schedule_bad_input():
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
     with pytest.raises(ValueError, match="warmup_steps"):

@@ -70,3 +70,36 @@ def test_bad_settings_raise_value_error(tmp_path):
     cfg["data"]["num_classes"] = 5
     with pytest.raises(ValueError, match="num_classes=5"):
         train(cfg)
+
+
+def test_text_freeze_epochs_holds_the_text_tower_then_trains_it(tmp_path):
+    """train.text_freeze_epochs: the text tower does not move during the hold, the video side does; afterwards
+    both train. Checked on the checkpoints written at the end of each epoch."""
+    from xclip.train.checkpoint import list_checkpoints, load_checkpoint
+    from xclip.train.optim import is_text
+    from xclip.train.trainer import train
+
+    data = str(tmp_path / "data")
+    make_tiny_data(data, train_per_class=1)  # 8 clips: 2 steps per epoch at batch 4
+    cfg = tiny_config(data, str(tmp_path / "out"), epochs=3, warmup_epochs=0, text_freeze_epochs=1)
+    cfg["model"]["fix_text"] = False
+    import xclip
+
+    model = xclip.create_model(cfg["model"]["arch"], num_frames=4)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    summary = train(cfg, model=model)
+    assert summary["steps"] == 6
+    states = [load_checkpoint(p)["model"] for _, _, p in list_checkpoints(cfg["output"])]
+    assert len(states) == 3
+
+    def moved(state, keys):
+        return {k for k in keys if not torch.equal(state[k], init[k])}
+
+    text = [k for k in init if is_text(k)]
+    video = [k for k in init if k.startswith("visual.")]
+    assert text and video
+    assert moved(states[0], text) == set()           # held for the first epoch (2 steps)
+    assert moved(states[0], video) == set(video)     # while the video side trained
+    assert moved(states[2], text) == set(text)       # then the text tower trains too
+    log = open(os.path.join(cfg["output"], "log.txt")).read()
+    assert "text tower held still (lr 0) for the first 2 steps" in log

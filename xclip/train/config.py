@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
         "lr": 8.0e-6,                # CLIP parts; new modules get lr * new_module_lr_mult
         "new_module_lr_mult": 10.0,
         "text_lr_mult": 1.0,         # text tower (training it, fix_text=false) at lr * text_lr_mult
+        "text_freeze_epochs": 0,     # fix_text=false: hold the text tower still (lr 0) for this many epochs, then
+                                     # warm it up over warmup_epochs; 0 = train it from the first step
         "min_lr_ratio": 0.01,        # cosine floor at lr / 100
         "warmup_init_lr": 0.0,
         "weight_decay": 0.001,
@@ -244,6 +246,13 @@ def validate(cfg: dict) -> dict:
         num(t, "lr", "train", 0)
         num(t, "new_module_lr_mult", "train", 0)
         num(t, "text_lr_mult", "train", 0)
+        num(t, "text_freeze_epochs", "train", 0)
+        if float(t.get("text_freeze_epochs") or 0) > 0:
+            _check(not m.get("fix_text", True),
+                   f"train.text_freeze_epochs={t.get('text_freeze_epochs')!r} needs model.fix_text=false "
+                   "(with fix_text the text tower is frozen for the whole run)")
+            _check(float(t["text_freeze_epochs"]) < float(t.get("epochs", 1)),
+                   f"train.text_freeze_epochs must be < train.epochs={t.get('epochs')!r}, got {t['text_freeze_epochs']!r}")
         num(t, "min_lr_ratio", "train", 0)
         num(t, "weight_decay", "train", 0)
         num(t, "batch_size", "train", 1, integer=True)

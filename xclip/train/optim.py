@@ -56,19 +56,20 @@ def param_groups(
     weight_decay: float,
     new_module_lr_mult: float = 10.0,
     text_lr_mult: float = 1.0,
+    split_text: bool = False,
 ) -> list[dict]:
-    """Split trainable parameters into up to four AdamW groups (six with ``text_lr_mult != 1``).
+    """Split trainable parameters into up to four AdamW groups (six with ``text_lr_mult != 1`` or ``split_text``).
 
     Each group carries ``name``, ``lr`` and ``base_lr`` (what the schedule
     scales), ``weight_decay`` and ``param_names`` (for logging and tests).
     Frozen parameters (``requires_grad=False``) are left out. With
-    ``text_lr_mult != 1`` the text tower gets its own groups (``text_*``) at
-    ``lr * text_lr_mult``.
+    ``text_lr_mult != 1`` (or ``split_text=True``) the text tower gets its own
+    groups (``text_*``) at ``lr * text_lr_mult``.
     """
     if lr < 0 or weight_decay < 0 or new_module_lr_mult < 0 or text_lr_mult < 0:
         raise ValueError(f"lr, weight_decay, new_module_lr_mult and text_lr_mult must be >= 0, got {lr}, "
                          f"{weight_decay}, {new_module_lr_mult}, {text_lr_mult}")
-    split_text = text_lr_mult != 1.0
+    split_text = bool(split_text) or text_lr_mult != 1.0
     buckets: dict[tuple[str, bool], tuple[list, list]] = {}
     for name, p in named_params:
         if not p.requires_grad:
@@ -106,6 +107,7 @@ def build_optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.AdamW:
         weight_decay=float(train_cfg["weight_decay"]),
         new_module_lr_mult=float(train_cfg.get("new_module_lr_mult", 10.0)),
         text_lr_mult=float(train_cfg.get("text_lr_mult", 1.0)),
+        split_text=float(train_cfg.get("text_freeze_epochs") or 0) > 0,  # the schedule holds the text_* groups at 0
     )
     betas = tuple(float(b) for b in train_cfg.get("betas", (0.9, 0.98)))
     kwargs = dict(lr=float(train_cfg["lr"]), betas=betas, eps=float(train_cfg.get("eps", 1e-8)))

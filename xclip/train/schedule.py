@@ -7,7 +7,13 @@ For step ``s`` (0-based, the step about to be taken) of ``total`` with
     cosine:   floor + (base - floor) * (1 + cos(pi * p)) / 2,   p = (s - warmup) / (total - warmup)
 
 with ``floor = base * min_lr_ratio`` (the paper: lr / 100). Past ``total``
-the rate stays at the floor. The state is just the step counter.
+the rate stays at the floor.
+
+``hold`` maps a parameter group's ``name`` to a step ``h``: that group's rate
+is 0 before step ``h`` (the group is held still), then ramps linearly from 0
+to the schedule's value over ``max(warmup, 1)`` steps. The trainer uses it to
+hold a from-scratch text tower still while the video side starts learning
+(``train.text_freeze_epochs``). The state is the step counter (and ``hold``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ __all__ = ["CosineWarmupSchedule"]
 
 class CosineWarmupSchedule:
     def __init__(self, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0,
-                 min_lr_ratio: float = 0.01, warmup_init_lr: float = 0.0):
+                 min_lr_ratio: float = 0.01, warmup_init_lr: float = 0.0, hold: dict[str, int] | None = None):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if warmup_steps < 0 or warmup_steps > total_steps:
@@ -33,6 +39,15 @@ class CosineWarmupSchedule:
         self.warmup_steps = int(warmup_steps)
         self.min_lr_ratio = float(min_lr_ratio)
         self.warmup_init_lr = float(warmup_init_lr)
+        self.hold = {str(k): int(v) for k, v in (hold or {}).items()}
+        names = {g.get("name") for g in optimizer.param_groups}
+        unknown = sorted(set(self.hold) - names)
+        if unknown:
+            raise ValueError(f"hold names parameter group(s) {unknown} that the optimizer does not have "
+                             f"(its groups: {sorted(n for n in names if n)})")
+        bad = {k: v for k, v in self.hold.items() if v < 0}
+        if bad:
+            raise ValueError(f"hold steps must be >= 0, got {bad}")
         for g in optimizer.param_groups:
             g.setdefault("base_lr", g["lr"])
         self.step_count = 0
@@ -48,9 +63,18 @@ class CosineWarmupSchedule:
         p = min(1.0, (step - self.warmup_steps) / span)
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
+    def hold_factor(self, step: int, group_name: str | None) -> float:
+        """1 for groups that are not held; 0 before their hold step, then a linear ramp to 1."""
+        h = self.hold.get(group_name) if group_name is not None else None
+        if h is None:
+            return 1.0
+        if step < h:
+            return 0.0
+        return min(1.0, (step - h + 1) / max(self.warmup_steps, 1))
+
     def _apply(self) -> None:
         for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(self.step_count, g["base_lr"])
+            g["lr"] = self.lr_at(self.step_count, g["base_lr"]) * self.hold_factor(self.step_count, g.get("name"))
 
     def step(self) -> None:
         """Advance one optimiser step and set the rates for the next one."""
@@ -62,7 +86,7 @@ class CosineWarmupSchedule:
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
-                "min_lr_ratio": self.min_lr_ratio, "warmup_init_lr": self.warmup_init_lr}
+                "min_lr_ratio": self.min_lr_ratio, "warmup_init_lr": self.warmup_init_lr, "hold": dict(self.hold)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = int(state["step_count"])

@@ -375,8 +375,13 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step, frame_
     warmup_steps = min(total_steps, int(round(float(t_cfg["warmup_epochs"]) * steps_per_epoch)))
 
     optimizer = build_optimizer(model, t_cfg)
+    hold = {}
+    text_freeze_steps = int(round(float(t_cfg.get("text_freeze_epochs") or 0) * steps_per_epoch))
+    if text_freeze_steps > 0:
+        hold = {g["name"]: text_freeze_steps for g in optimizer.param_groups if g["name"].startswith("text_")}
     schedule = CosineWarmupSchedule(optimizer, total_steps=total_steps, warmup_steps=warmup_steps,
-                                    min_lr_ratio=float(t_cfg["min_lr_ratio"]), warmup_init_lr=float(t_cfg["warmup_init_lr"]))
+                                    min_lr_ratio=float(t_cfg["min_lr_ratio"]), warmup_init_lr=float(t_cfg["warmup_init_lr"]),
+                                    hold=hold)
     scaler = torch.amp.GradScaler(device.type, enabled=(amp_dtype == torch.float16))
     mixer = None
     if float(t_cfg["mixup"]) > 0 or float(t_cfg["cutmix"]) > 0:
@@ -393,6 +398,9 @@ def _train(cfg, dist_info: DistInfo, log: logging.Logger, model, on_step, frame_
     if micro_per_epoch % accum:
         log.info(f"note: the last {micro_per_epoch % accum} batch(es) of each epoch do not fill an accumulation step and are not used")
     log.info(f"parameters: {n_train:,} trainable of {n_all:,}")
+    if hold:
+        log.info(f"text tower held still (lr 0) for the first {text_freeze_steps} steps "
+                 f"({t_cfg['text_freeze_epochs']} epochs), then warmed up over {max(warmup_steps, 1)} steps")
     for g in optimizer.param_groups:
         log.info(f"  group {g['name']}: {len(g['params'])} tensors, lr {g['base_lr']:.3g}, weight decay {g['weight_decay']}")
 
