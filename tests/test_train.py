@@ -49,6 +49,8 @@ def test_load_config_yaml_and_overrides(tmp_path):
     ("train.amp=fp8", "train.amp must be one of"),
     ("train.epochs=2.5", "train.epochs must be a integer"),
     ("train.lr=fast", "train.lr must be a number"),
+    ("data.crop_pct=0", r"data.crop_pct must be in \(0, 1\]"),
+    ("data.crop_pct=1.2", r"data.crop_pct must be in \(0, 1\]"),
     ("nosuch.x=1", "unknown config key"),
 ])
 def test_load_config_bad_input(override, match):

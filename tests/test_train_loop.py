@@ -103,3 +103,22 @@ def test_text_freeze_epochs_holds_the_text_tower_then_trains_it(tmp_path):
     assert moved(states[2], text) == set(text)       # then the text tower trains too
     log = open(os.path.join(cfg["output"], "log.txt")).read()
     assert "text tower held still (lr 0) for the first 2 steps" in log
+
+
+def test_data_crop_pct_reaches_the_training_and_test_transforms(tmp_path):
+    from xclip.train.trainer import _dataset
+
+    data = str(tmp_path / "data")
+    make_tiny_data(data, train_per_class=1)  # 16 px clips, input_size 16
+    clip = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    for crop_pct, same in ((1.0, True), (0.875, False)):
+        cfg = tiny_config(data, str(tmp_path / "out"))
+        cfg["data"]["crop_pct"] = crop_pct
+        cfg["data"]["augment"]["scales"] = [1.0]
+        cfg["data"]["mean"], cfg["data"]["std"] = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+        tr = _dataset(cfg, cfg["data"]["train_list"], "train")
+        te = _dataset(cfg, cfg["data"]["val_list"], "test")
+        assert tr.crop_pct == te.crop_pct == crop_pct
+        expected = clip.float() / 255
+        assert torch.allclose(tr.transform(clip), expected) is same
+        assert torch.allclose(te.transform(clip)[0], expected) is same

@@ -25,6 +25,23 @@ def test_scale_size():
     assert scale_size(224) == 256 and scale_size(336) == 384 and scale_size(32) == 37
     with pytest.raises(ValueError, match="input_size"):
         scale_size(0)
+    assert scale_size(224, 1.0) == 224 and scale_size(32, 1.0) == 32 and scale_size(224, 0.9) == 249
+    for bad in (0, 1.5, -0.5, "0.9", True):
+        with pytest.raises(ValueError, match="crop_pct must be a number in"):
+            scale_size(224, bad)
+
+
+def test_crop_pct_one_leaves_a_clip_at_input_size_untouched():
+    x = _video(h=32, w=32)
+    tr = train_transform(32, scales=(1.0,), flip=0.0, jitter=0.0, grayscale=0.0, normalise=False, crop_pct=1.0)
+    te = test_transform(32, normalise=False, crop_pct=1.0)
+    assert torch.equal(tr(x), x) and torch.equal(te(x)[0], x)
+    # the default resizes 32 -> 37 and crops back to 32: the test view is a zoomed centre
+    zoomed = test_transform(32, normalise=False)(x)[0]
+    assert zoomed.shape == x.shape and not torch.equal(zoomed, x)
+    # a wider clip: short side straight to 32, centre 32 columns
+    wide = _video(h=32, w=48)
+    assert torch.equal(test_transform(32, normalise=False, crop_pct=1.0)(wide)[0], wide[..., 8:40])
 
 
 def test_mean_std_units():

@@ -3,7 +3,7 @@
 ``VideoDataset(list_file, root, *, num_frames=8, mode="train"|"test",
 input_size=224, num_clips=1, num_crops=1, sampling="segment"|"dense",
 frame_interval=2, decoder="auto"|"decord"|"pyav", decoder_threads=1,
-mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, check_files=True)``
+mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, check_files=True, crop_pct=0.875)``
 
 * ``list_file``: an official-format list (``relative/path.mp4 <label>``) read
   relative to ``root``, or a ready sequence of ``(path, label)`` pairs (then
@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from .lists import parse_video_list
 from .sampling import sample_indices
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
+from .transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
 from .video_io import DECODERS, VideoDecodeError, open_video
 
 __all__ = ["VideoDataset", "collate_videos", "SkippedVideo", "SkipTracker"]
@@ -63,7 +63,7 @@ class VideoDataset(Dataset):
                  input_size: int = 224, num_clips: int = 1, num_crops: int = 1, sampling: str = "segment",
                  frame_interval: int = 2, decoder: str = "auto", decoder_threads: int = 1,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 seed: int = 0, check_files: bool = True):
+                 seed: int = 0, check_files: bool = True, crop_pct: float = DEFAULT_CROP_PCT):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if sampling not in ("segment", "dense"):
@@ -124,13 +124,14 @@ class VideoDataset(Dataset):
         self.sampling, self.frame_interval = sampling, int(frame_interval)
         self.decoder, self.decoder_threads = decoder, int(decoder_threads)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.crop_pct = float(crop_pct)
         self.seed, self.epoch = int(seed), 0
         self.skipped = 0
         self.skipped_paths: list[str] = []
         if self.train:
-            self.transform = train_transform(self.input_size, self.mean, self.std)
+            self.transform = train_transform(self.input_size, self.mean, self.std, crop_pct=self.crop_pct)
         else:
-            self.transform = test_transform(self.input_size, self.num_crops, self.mean, self.std)
+            self.transform = test_transform(self.input_size, self.num_crops, self.mean, self.std, crop_pct=self.crop_pct)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:

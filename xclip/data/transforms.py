@@ -18,8 +18,10 @@ Testing::
     num_crops=3: short side -> input_size, three crops along the long side
                  (start, centre, end), as the official three-crop test
 
-``scale_size(input_size)`` is 256 for 224 and ``round(input_size * 256 / 224)``
-otherwise. ``mean``/``std`` may be given in [0, 1] units (ImageNet's
+``scale_size(input_size, crop_pct)`` is ``round(input_size / crop_pct)``: 256
+for 224 at the default ``crop_pct`` 0.875 (= 224 / 256). ``crop_pct=1`` resizes
+the short side straight to ``input_size`` (no margin is cut off at test time;
+a clip already at ``input_size`` is left as it is). ``mean``/``std`` may be given in [0, 1] units (ImageNet's
 0.485, 0.456, 0.406 / 0.229, 0.224, 0.225, the default) or in 0..255 units
 (the official config's 123.675, ...); values above 1 are divided by 255.
 """
@@ -34,18 +36,23 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "scale_size", "MultiScaleCrop", "RandomGrayscale", "train_transform",
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DEFAULT_CROP_PCT", "scale_size", "MultiScaleCrop", "RandomGrayscale", "train_transform",
            "test_transform", "three_crop", "normalize", "as_unit_mean_std"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def scale_size(input_size: int) -> int:
-    """Short side before cropping: 256 for 224, scaled proportionally otherwise."""
+DEFAULT_CROP_PCT = 0.875  # 224 / 256
+
+
+def scale_size(input_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
+    """Short side before cropping, ``round(input_size / crop_pct)``: 256 for 224 at the default 0.875."""
     if input_size < 1:
         raise ValueError(f"input_size must be >= 1, got {input_size}")
-    return 256 if input_size == 224 else int(round(input_size * 256 / 224))
+    if not isinstance(crop_pct, (int, float)) or isinstance(crop_pct, bool) or not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
+    return int(round(input_size / float(crop_pct)))
 
 
 def as_unit_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -131,14 +138,16 @@ def normalize(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAG
 def train_transform(input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD, *, scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
                     flip: float = 0.5, jitter: float = 0.8, grayscale: float = 0.2,
-                    normalise: bool = True) -> v2.Transform:
+                    normalise: bool = True, crop_pct: float = DEFAULT_CROP_PCT) -> v2.Transform:
     """The training augmentation; call on uint8 ``[T, 3, H, W]``, returns float ``[T, 3, S, S]``.
+
+    The short side is first resized to ``scale_size(input_size, crop_pct)``.
 
     ``normalise=False`` returns uint8 (for inspection and tests).
     """
     m, s = as_unit_mean_std(mean, std)
     ops: list[v2.Transform] = [
-        v2.Resize(scale_size(input_size), antialias=True),
+        v2.Resize(scale_size(input_size, crop_pct), antialias=True),
         MultiScaleCrop(input_size, scales),
         v2.RandomHorizontalFlip(flip),
         # colour ops in float32: 3-100x faster than torchvision's uint8 paths (which convert per op)
@@ -178,11 +187,11 @@ class _VideoCompose(v2.Compose):
 class _TestTransform:
     """Deterministic test transform returning a list of crops (views)."""
 
-    def __init__(self, input_size: int, num_crops: int, mean, std, normalise: bool):
+    def __init__(self, input_size: int, num_crops: int, mean, std, normalise: bool, crop_pct: float = DEFAULT_CROP_PCT):
         if num_crops not in (1, 3):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         self.input_size, self.num_crops = int(input_size), num_crops
-        short = scale_size(input_size) if num_crops == 1 else input_size
+        short = scale_size(input_size, crop_pct) if num_crops == 1 else input_size
         self.resize = v2.Resize(short, antialias=True)
         self.norm = normalize(mean, std) if normalise else None
 
@@ -203,9 +212,14 @@ class _TestTransform:
 
 
 def test_transform(input_size: int = 224, num_crops: int = 1, mean: Sequence[float] = IMAGENET_MEAN,
-                   std: Sequence[float] = IMAGENET_STD, *, normalise: bool = True) -> _TestTransform:
-    """The test transform: ``f(uint8 [T, 3, H, W]) -> [num_crops x float [T, 3, S, S]]``."""
-    return _TestTransform(input_size, num_crops, mean, std, normalise)
+                   std: Sequence[float] = IMAGENET_STD, *, normalise: bool = True,
+                   crop_pct: float = DEFAULT_CROP_PCT) -> _TestTransform:
+    """The test transform: ``f(uint8 [T, 3, H, W]) -> [num_crops x float [T, 3, S, S]]``.
+
+    One crop: short side to ``scale_size(input_size, crop_pct)``, centre crop. Three crops
+    (the official test) resize the short side to ``input_size`` whatever ``crop_pct``.
+    """
+    return _TestTransform(input_size, num_crops, mean, std, normalise, crop_pct)
 
 
 test_transform.__test__ = False  # not a pytest test when imported into a test module

@@ -140,7 +140,8 @@ def run(args) -> int:
     def run_one(name: str, items, class_names: list[str]) -> dict:
         ds = VideoDataset(items, root, num_frames=mcfg.num_frames, mode="test", input_size=mcfg.image_resolution,
                           num_clips=clips, num_crops=crops, sampling=data.get("sampling", "segment"),
-                          decoder=data.get("decoder", "auto"), mean=mean, std=std)
+                          decoder=data.get("decoder", "auto"), mean=mean, std=std,
+                          crop_pct=float(data.get("crop_pct") or 0.875))
         loader = build_loader(ds, batch_size, train=False, num_workers=workers)
         tokens = xclip.tokenize([template.format(n) for n in class_names], context_length=mcfg.context_length)
         res = evaluate(model, loader, tokens, device=device, amp_dtype=amp_dtype, num_classes=len(class_names),

@@ -30,7 +30,8 @@ log = logging.getLogger("xclip.predict")
 @torch.no_grad()
 def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: int = 5, num_frames: int | None = None,
             batch_size: int = 4, num_clips: int = 1, num_crops: int = 1, template: str = "{}", device="cpu",
-            decoder: str = "auto", num_workers: int = 0, progress: bool = True, mean=None, std=None) -> list[dict]:
+            decoder: str = "auto", num_workers: int = 0, progress: bool = True, mean=None, std=None,
+            crop_pct: float = 0.875) -> list[dict]:
     import xclip
     from xclip.data import IMAGENET_MEAN, IMAGENET_STD, VideoDataset, build_loader
 
@@ -47,7 +48,7 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
         warnings.simplefilter("ignore")  # missing files are reported below, once
         ds = VideoDataset([(p, 0) for p in paths], None, num_frames=T, mode="test", input_size=cfg.image_resolution,
                           num_clips=num_clips, num_crops=num_crops, decoder=decoder,
-                          mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD)
+                          mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD, crop_pct=crop_pct)
     for m in ds.missing:
         log.error("missing video file: %s", m)
     loader = build_loader(ds, batch_size, train=False, num_workers=num_workers, pin_memory=False,
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default="1x1", help="CLIPSxCROPS (default 1x1)")
     p.add_argument("--template", default="{}", help="prompt template, e.g. 'a video of {}'")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
+    p.add_argument("--crop-pct", type=float, default=0.875,
+                   help="one-crop view: short side to input/crop_pct, centre crop (default 0.875; 1.0 for the demo's models)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the predictions to this JSON file")
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         out = predict(model, args.videos, names, top_k=args.top_k, num_frames=args.frames,
                       batch_size=args.batch_size, num_clips=clips, num_crops=crops, template=args.template,
                       device=device, decoder=args.decoder, num_workers=args.num_workers,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, crop_pct=args.crop_pct)
     except ValueError as e:
         print(f"xclip predict: error: {e}", file=sys.stderr)
         return 2

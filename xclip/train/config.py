@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 4,
         "decoder": "auto",
         "sampling": "segment",
+        "crop_pct": 0.875,           # short side resized to input_size / crop_pct before cropping (256 for 224);
+                                     # 1.0: straight to input_size (clips already at input_size stay untouched)
         "mean": None,                # None: the data module's default (CLIP)
         "std": None,
         "text_template": "{}",       # class name -> prompt text
@@ -284,6 +286,8 @@ def validate(cfg: dict) -> dict:
     if d:
         num(d, "input_size", "data", 1, integer=True)
         num(d, "num_workers", "data", 0, integer=True)
+        num(d, "crop_pct", "data", allow_none=True)
+        _check(d.get("crop_pct") is None or 0 < d["crop_pct"] <= 1, f"data.crop_pct must be in (0, 1], got {d.get('crop_pct')!r}")
         num(d, "num_classes", "data", 1, integer=True, allow_none=True)
         _check("{}" in str(d.get("text_template", "{}")), f"data.text_template must contain '{{}}', got {d.get('text_template')!r}")
     return cfg

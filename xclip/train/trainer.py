@@ -205,7 +205,7 @@ def _dataset(cfg: dict, list_file: str, mode: str, num_clips: int = 1, num_crops
     d = cfg["data"]
     kwargs: dict[str, Any] = dict(num_frames=int(cfg["model"]["num_frames"]), mode=mode, input_size=int(d["input_size"]),
                                   num_clips=num_clips, num_crops=num_crops, seed=int(cfg["seed"]))
-    for key in ("sampling", "decoder", "mean", "std"):
+    for key in ("sampling", "decoder", "mean", "std", "crop_pct"):
         if d.get(key) is not None:
             kwargs[key] = d[key] if key not in ("mean", "std") else tuple(d[key])
     ds = VideoDataset(list_file, d["root"], **kwargs)
@@ -217,7 +217,7 @@ def _dataset(cfg: dict, list_file: str, mode: str, num_clips: int = 1, num_crops
             raise ValueError(f"data.augment must be a mapping of train_transform options, got {aug!r}")
         opts = {k: (tuple(v) if isinstance(v, list) else v) for k, v in aug.items()}
         try:
-            ds.transform = train_transform(ds.input_size, ds.mean, ds.std, **opts)
+            ds.transform = train_transform(ds.input_size, ds.mean, ds.std, **{"crop_pct": ds.crop_pct, **opts})
         except TypeError as e:
             raise ValueError(f"data.augment: {e}") from None
     if frame_cache is not None:
