@@ -51,6 +51,20 @@ def test_held_out_classes_are_novel_combinations():
     for h in held:  # every word pair of a held-out class still occurs in training
         for i, j in ((0, 1), (0, 2), (1, 2)):
             assert any(t[i] == h[i] and t[j] == h[j] for t in trained)
+    # held_out_pairs: one object in opposite directions (zero-shot among them needs the direction)
+    assert len({(c, s) for c, s, _ in held}) == len(held)  # the default: single classes
+    paired = choose_held_out(ShapesSpec(held_out_pairs=True))
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    assert len(paired) == 6 and all((c, s, opposite[m]) in paired for c, s, m in paired)
+    assert len({(c, s) for c, s, _ in paired}) == 3
+    trained_p = [c for c in class_names(spec) if c not in paired]
+    assert all(any(t[i] == h[i] and t[j] == h[j] for t in trained_p) for h in paired for i, j in ((0, 1), (0, 2), (1, 2)))
+    # without opposite motions in the spec, single classes as before
+    spec2 = ShapesSpec(motions=["left", "up"], num_held_out=3, held_out_pairs=True)
+    held2 = choose_held_out(spec2)
+    assert len(held2) == 3 and all(any(t[:2] == h[:2] for t in class_names(spec2) if t not in held2) for h in held2)
+    with pytest.raises(ValueError, match="could not hold out"):
+        choose_held_out(ShapesSpec(colours=["red"], shapes=["circle"], motions=["left", "right"], num_held_out=0 + 1))
 
 
 def test_frame_cache_matches_decoding(tmp_path):
@@ -126,3 +140,16 @@ def test_prune_epoch_checkpoints(tmp_path):
     left = {os.path.basename(p) for _, _, p in list_checkpoints(d)}
     assert left == {checkpoint_name(25), checkpoint_name(30, 2)}
     assert os.path.isfile(os.path.join(d, "best.pth"))
+
+
+def test_quick_demo_with_held_out_pairs(tmp_path):
+    from xclip.demo import main
+
+    out = str(tmp_path / "demo")
+    assert main(["--output", out, "--quick", "--no-progress", "--no-ablation", "--held-out-pairs"]) == 0
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert set(res["runs"]) == {"run_crossframe"}
+    held = [n.split(" moving ") for n in res["held_out"]]
+    assert len(held) == 6 and len({obj for obj, _ in held}) == 3  # three objects, two opposite directions each
+    report = open(os.path.join(out, "report.md")).read()
+    assert "6 of the 6 held-out classes come in pairs" in report

@@ -57,6 +57,7 @@ class ShapesSpec:
     val_per_class: int = 4
     test_per_class: int = 10
     zeroshot_per_class: int = 16
+    held_out_pairs: bool = False  # hold out one object moving in two opposite directions, so zero-shot needs motion
     seed: int = 0
 
     def validate(self) -> None:
@@ -94,25 +95,49 @@ def name_of(c: Combo) -> str:
     return f"{c[0]} {c[1]} moving {c[2]}"
 
 
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
 def choose_held_out(spec: ShapesSpec) -> list[Combo]:
     """Held-out classes whose every word pair (colour-shape, colour-motion,
     shape-motion) still occurs in some trained class, spread so that no word
-    is held out much more often than another."""
+    is held out much more often than another.
+
+    With ``spec.held_out_pairs`` (and opposite motions in the spec) they come
+    in pairs: one object (colour and shape) moving in two opposite
+    directions, so that telling the held-out classes apart needs the
+    direction of motion, not only colour and shape.
+    """
     rng = np.random.default_rng(spec.seed + 17)
     combos = class_names(spec)
-    order = [combos[i] for i in rng.permutation(len(combos))]
+    limits = [math.ceil(spec.num_held_out / len(v)) for v in (spec.colours, spec.shapes, spec.motions)]
+
+    def acceptable(trial: list[Combo]) -> bool:
+        for i in range(3):
+            words = [h[i] for h in trial]
+            if any(words.count(w) > limits[i] for w in set(words)):
+                return False
+        train = [x for x in combos if x not in trial]
+        return all(any(x[i] == h[i] and x[j] == h[j] for x in train) for h in trial for i, j in ((0, 1), (0, 2), (1, 2)))
+
     held: list[Combo] = []
-    for c in order:
+    axes = [(a, b) for a, b in (("left", "right"), ("up", "down")) if a in spec.motions and b in spec.motions]
+    if spec.held_out_pairs and axes and spec.num_held_out >= 2:
+        objects = list(itertools.product(spec.colours, spec.shapes))
+        for k in rng.permutation(len(objects)):
+            if spec.num_held_out - len(held) < 2:
+                break
+            colour, shape = objects[k]
+            for a in rng.permutation(len(axes)):
+                pair = [(colour, shape, m) for m in axes[a]]
+                if acceptable(held + pair):
+                    held += pair
+                    break
+    for i in rng.permutation(len(combos)):  # the rest (or all, without opposite motions) one class at a time
         if len(held) == spec.num_held_out:
             break
-        trial = held + [c]
-        train = [x for x in combos if x not in trial]
-        counts = [sum(1 for h in trial if h[i] == c[i]) for i in range(3)]
-        limits = [math.ceil(spec.num_held_out / len(v)) for v in (spec.colours, spec.shapes, spec.motions)]
-        if any(n > lim for n, lim in zip(counts, limits)):
-            continue
-        pairs_ok = all(any(x[i] == h[i] and x[j] == h[j] for x in train) for h in trial for i, j in ((0, 1), (0, 2), (1, 2)))
-        if pairs_ok:
+        c = combos[i]
+        if c not in held and acceptable(held + [c]):
             held.append(c)
     if len(held) < spec.num_held_out:
         raise ValueError(f"could not hold out {spec.num_held_out} classes with every word pair still trained; "
