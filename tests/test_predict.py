@@ -35,11 +35,11 @@ def setup(tmp_path_factory):
     return d, model, ckpt, videos, labels
 
 
-def _expected_probs(model, video, names):
+def _expected_probs(model, video, names, crop_pct=0.875):
     import xclip
     from xclip.data import VideoDataset
 
-    ds = VideoDataset([(video, 0)], None, num_frames=4, mode="test", input_size=32)
+    ds = VideoDataset([(video, 0)], None, num_frames=4, mode="test", input_size=32, crop_pct=crop_pct)
     with torch.no_grad():
         return model(ds[0]["video"], xclip.tokenize(names)).softmax(-1)[0]
 
@@ -87,3 +87,17 @@ def test_predict_bad_arguments(setup):
     d, model, ckpt, videos, labels = setup
     assert main([videos[0], "--checkpoint", str(ckpt), "--labels", str(labels), "--top-k", "0"]) == 2
     assert main([videos[0], "--checkpoint", str(ckpt), "--labels", str(d / "nope.csv")]) == 2
+
+
+def test_predict_crop_pct_option(setup):
+    from xclip.eval.predict import main
+
+    d, model, ckpt, videos, labels = setup
+    out_json = d / "pred_crop.json"
+    assert main([videos[0], "--checkpoint", str(ckpt), "--labels", str(labels), "--top-k", "6", "--crop-pct", "1.0",
+                 "--json", str(out_json), "--device", "cpu", "--no-progress"]) == 0
+    got = {t["label"]: t["prob"] for t in json.load(open(out_json))[0]["top_k"]}
+    exp = _expected_probs(model, videos[0], NAMES, crop_pct=1.0)
+    assert [got[n] for n in NAMES] == pytest.approx(exp.tolist(), abs=1e-5)
+    # the view differs from the default 0.875 one (36 px short side kept whole vs resized to 37 and cropped)
+    assert not torch.allclose(exp, _expected_probs(model, videos[0], NAMES), atol=1e-6)

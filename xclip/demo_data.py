@@ -95,9 +95,6 @@ def name_of(c: Combo) -> str:
     return f"{c[0]} {c[1]} moving {c[2]}"
 
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-
-
 def choose_held_out(spec: ShapesSpec) -> list[Combo]:
     """Held-out classes whose every word pair (colour-shape, colour-motion,
     shape-motion) still occurs in some trained class, spread so that no word

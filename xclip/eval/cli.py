@@ -100,6 +100,7 @@ def run(args) -> int:
 
     import xclip
     from xclip.data import IMAGENET_MEAN, IMAGENET_STD, VideoDataset, build_loader, parse_video_list, read_labels
+    from xclip.data.transforms import DEFAULT_CROP_PCT
 
     from .evaluate import evaluate
     from .report import write_eval_outputs
@@ -141,7 +142,7 @@ def run(args) -> int:
         ds = VideoDataset(items, root, num_frames=mcfg.num_frames, mode="test", input_size=mcfg.image_resolution,
                           num_clips=clips, num_crops=crops, sampling=data.get("sampling", "segment"),
                           decoder=data.get("decoder", "auto"), mean=mean, std=std,
-                          crop_pct=float(data.get("crop_pct") or 0.875))
+                          crop_pct=float(data.get("crop_pct") or DEFAULT_CROP_PCT))
         loader = build_loader(ds, batch_size, train=False, num_workers=workers)
         tokens = xclip.tokenize([template.format(n) for n in class_names], context_length=mcfg.context_length)
         res = evaluate(model, loader, tokens, device=device, amp_dtype=amp_dtype, num_classes=len(class_names),

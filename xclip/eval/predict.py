@@ -31,9 +31,10 @@ log = logging.getLogger("xclip.predict")
 def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: int = 5, num_frames: int | None = None,
             batch_size: int = 4, num_clips: int = 1, num_crops: int = 1, template: str = "{}", device="cpu",
             decoder: str = "auto", num_workers: int = 0, progress: bool = True, mean=None, std=None,
-            crop_pct: float = 0.875) -> list[dict]:
+            crop_pct: float | None = None) -> list[dict]:
     import xclip
     from xclip.data import IMAGENET_MEAN, IMAGENET_STD, VideoDataset, build_loader
+    from xclip.data.transforms import DEFAULT_CROP_PCT
 
     from .evaluate import fuse_views
 
@@ -48,7 +49,8 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
         warnings.simplefilter("ignore")  # missing files are reported below, once
         ds = VideoDataset([(p, 0) for p in paths], None, num_frames=T, mode="test", input_size=cfg.image_resolution,
                           num_clips=num_clips, num_crops=num_crops, decoder=decoder,
-                          mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD, crop_pct=crop_pct)
+                          mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD,
+                          crop_pct=DEFAULT_CROP_PCT if crop_pct is None else crop_pct)
     for m in ds.missing:
         log.error("missing video file: %s", m)
     loader = build_loader(ds, batch_size, train=False, num_workers=num_workers, pin_memory=False,
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default="1x1", help="CLIPSxCROPS (default 1x1)")
     p.add_argument("--template", default="{}", help="prompt template, e.g. 'a video of {}'")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
-    p.add_argument("--crop-pct", type=float, default=0.875,
+    p.add_argument("--crop-pct", type=float, default=None,
                    help="one-crop view: short side to input/crop_pct, centre crop (default 0.875; 1.0 for the demo's models)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default=None)
