@@ -214,9 +214,9 @@ def _ours_contender(model: nn.Module, backend: str) -> Contender:
     return Contender(f"ours[{backend}]", model, text_features, video_logits, _is_text_param, {"backend": backend})
 
 
-def _plain_contender(state_dict: dict, cfg) -> Contender:
-    plain = load_plain_module()
-    model = plain.PlainXCLIP.from_state_dict(
+def _plain_model(state_dict: dict, cfg):
+    """The plain-PyTorch official-style model on ``state_dict``, with ``cfg``'s head counts and LayerNorm eps."""
+    return load_plain_module().PlainXCLIP.from_state_dict(
         state_dict,
         vision_heads=cfg.vision_num_heads,
         text_heads=cfg.transformer_heads,
@@ -224,6 +224,10 @@ def _plain_contender(state_dict: dict, cfg) -> Contender:
         prompt_heads=cfg.prompt_num_heads,
         layer_norm_eps=cfg.layer_norm_eps,
     )
+
+
+def _plain_contender(state_dict: dict, cfg) -> Contender:
+    model = _plain_model(state_dict, cfg)
     return Contender("plain", model, model.encode_text, model.logits_from_video, _is_text_param)
 
 
@@ -634,14 +638,7 @@ def run_config(s: BenchSettings, out_dir: Path, console=None) -> list[dict]:
         video, tokens, labels = make_inputs(s, cfg, device)
 
         # reference logits (plain model, float32) and model FLOPs (counted on our model)
-        ref_model = load_plain_module().PlainXCLIP.from_state_dict(
-            state,
-            vision_heads=cfg.vision_num_heads,
-            text_heads=cfg.transformer_heads,
-            mit_heads=cfg.mit_num_heads,
-            prompt_heads=cfg.prompt_num_heads,
-            layer_norm_eps=cfg.layer_norm_eps,
-        ).to(device).eval()
+        ref_model = _plain_model(state, cfg).to(device).eval()
         with torch.inference_mode():
             ref_text = ref_model.encode_text(tokens)
             ref_logits = ref_model.logits_from_video(video, ref_text).float().cpu()
