@@ -14,7 +14,7 @@ from train_utils import REPO
 
 
 def test_demo_config_file_matches_embedded_default():
-    from xclip.demo import DEMO_CONFIG
+    from xclip.apps.demo.demo import DEMO_CONFIG
 
     with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
         file_cfg = yaml.safe_load(f)
@@ -27,7 +27,7 @@ def test_demo_config_file_matches_embedded_default():
 def test_render_clip_motion_and_shape():
     """Each motion moves the shape's centroid the named way, the path stays inside the frame,
     and the shape's pixels have the class colour."""
-    from xclip.demo_data import COLOURS, render_clip
+    from xclip.apps.demo.demo_data import COLOURS, render_clip
 
     for motion, (ux, uy) in {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}.items():
         clip = render_clip("red", "triangle", motion, size=32, frames=8, rng=np.random.default_rng(1),
@@ -42,7 +42,7 @@ def test_render_clip_motion_and_shape():
 
 
 def test_held_out_classes_are_novel_combinations():
-    from xclip.demo_data import ShapesSpec, choose_held_out, class_names
+    from xclip.apps.demo.demo_data import ShapesSpec, choose_held_out, class_names
 
     spec = ShapesSpec()
     held = choose_held_out(spec)
@@ -71,8 +71,8 @@ def test_frame_cache_matches_decoding(tmp_path):
     """The cached dataset returns exactly what VideoDataset decodes, train (augmented) and test."""
     from xclip.data import VideoDataset
     from xclip.data.transforms import train_transform
-    from xclip.demo_data import ShapesSpec, generate_dataset
-    from xclip.train.frame_cache import FrameCache, cached_dataset
+    from xclip.apps.demo.demo_data import ShapesSpec, generate_dataset
+    from xclip.data.frame_cache import FrameCache, cached_dataset
 
     root = str(tmp_path / "d")
     generate_dataset(root, ShapesSpec(colours=["red", "blue"], shapes=["circle"], motions=["left", "up"], num_held_out=0,
@@ -93,7 +93,7 @@ def test_frame_cache_matches_decoding(tmp_path):
 
 
 def test_quick_demo_end_to_end(tmp_path):
-    from xclip.demo import main
+    from xclip.apps.demo.demo import main
 
     out = str(tmp_path / "demo")
     assert main(["--output", out, "--quick", "--no-progress"]) == 0
@@ -130,7 +130,7 @@ def test_quick_demo_end_to_end(tmp_path):
 
 
 def test_prune_epoch_checkpoints(tmp_path):
-    from xclip.train.checkpoint import checkpoint_name, list_checkpoints, prune_epoch_checkpoints
+    from xclip.engine.checkpoint import checkpoint_name, list_checkpoints, prune_epoch_checkpoints
 
     d = str(tmp_path)
     for step, epoch in ((10, 0), (20, 1), (25, None), (30, 2)):
@@ -143,7 +143,7 @@ def test_prune_epoch_checkpoints(tmp_path):
 
 
 def test_quick_demo_with_held_out_pairs(tmp_path):
-    from xclip.demo import main
+    from xclip.apps.demo.demo import main
 
     out = str(tmp_path / "demo")
     assert main(["--output", out, "--quick", "--no-progress", "--no-ablation", "--held-out-pairs"]) == 0

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xclip.eval import (accuracy_topk, confusion_matrix, evaluate, fuse_views, k600_novel_splits, make_kshot_list,
+from xclip.engine import (accuracy_topk, confusion_matrix, evaluate, fuse_views, k600_novel_splits, make_kshot_list,
                         mean_class_accuracy, per_class_accuracy, plot_confusion_matrix, summarise_splits,
                         write_eval_outputs, write_kshot_lists)
-from xclip.eval.zeroshot import hmdb51_test_splits, restrict_to_classes, split_camel, ucf101_test_splits
+from xclip.engine.zeroshot import hmdb51_test_splits, restrict_to_classes, split_camel, ucf101_test_splits
 from video_utils import make_corrupt_video, make_dataset
 
 TINY = dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=32, vision_patch_size=16,
@@ -281,7 +281,7 @@ def test_kshot_lists_seeded(tmp_path):
 
 # ---------------------------------------------------------------------------- xclip eval
 def test_xclip_eval_cli_end_to_end(tmp_path):
-    from xclip.eval.cli import main
+    from xclip.apps.eval import main
     from xclip.model.checkpoints import save_checkpoint
 
     root = tmp_path / "v"
@@ -312,7 +312,7 @@ def test_xclip_eval_cli_end_to_end(tmp_path):
 
 
 def test_xclip_eval_cli_k600_novel_protocol(tmp_path):
-    from xclip.eval.cli import main
+    from xclip.apps.eval import main
     from xclip.model.checkpoints import save_checkpoint
 
     root = tmp_path / "v"

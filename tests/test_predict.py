@@ -45,7 +45,7 @@ def _expected_probs(model, video, names, crop_pct=0.875):
 
 
 def test_predict_main_in_process(setup, capsys):
-    from xclip.eval.predict import main
+    from xclip.apps.predict import main
 
     d, model, ckpt, videos, labels = setup
     out_json = d / "pred.json"
@@ -82,7 +82,7 @@ def test_predict_cli_subprocess_reports_bad_files(setup):
 
 
 def test_predict_bad_arguments(setup):
-    from xclip.eval.predict import main
+    from xclip.apps.predict import main
 
     d, model, ckpt, videos, labels = setup
     assert main([videos[0], "--checkpoint", str(ckpt), "--labels", str(labels), "--top-k", "0"]) == 2
@@ -90,7 +90,7 @@ def test_predict_bad_arguments(setup):
 
 
 def test_predict_crop_pct_option(setup):
-    from xclip.eval.predict import main
+    from xclip.apps.predict import main
 
     d, model, ckpt, videos, labels = setup
     out_json = d / "pred_crop.json"

@@ -1,4 +1,4 @@
-"""Unit tests of xclip.train: config, parameter groups, schedule, mixup, checkpoints."""
+"""Unit tests of xclip.config and xclip.engine: config, parameter groups, schedule, mixup, checkpoints."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from xclip.train import checkpoint as ck
-from xclip.train.config import DEFAULTS, load_config, parse_value
-from xclip.train.mixup import MixupCutmix, smooth_one_hot, soft_target_cross_entropy
-from xclip.train.optim import build_optimizer, freeze_text, is_new_module, param_groups
-from xclip.train.schedule import CosineWarmupSchedule
+from xclip.engine import checkpoint as ck
+from xclip.config import DEFAULTS, load_config, parse_value
+from xclip.engine.mixup import MixupCutmix, smooth_one_hot, soft_target_cross_entropy
+from xclip.engine.optim import build_optimizer, freeze_text, is_new_module, param_groups
+from xclip.engine.schedule import CosineWarmupSchedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,11 +34,11 @@ def test_load_config_yaml_and_overrides(tmp_path):
     child = tmp_path / "child.yaml"
     child.write_text("base: base.yaml\ntrain:\n  batch_size: 4\n")
     cfg = load_config(str(child), ["train.lr=1e-5", "train.resume=auto", "model.overrides.mit_layers=2", "data.root=/x y"])
-    assert cfg["train"]["lr"] == 1e-5 and cfg["train"]["epochs"] == 50 and cfg["train"]["batch_size"] == 4
-    assert cfg["train"]["resume"] == "auto"
-    assert cfg["model"]["overrides"] == {"mit_layers": 2}
-    assert cfg["data"]["root"] == "/x y"
-    assert cfg["train"]["weight_decay"] == DEFAULTS["train"]["weight_decay"]  # untouched default
+    assert cfg.train.lr == 1e-5 and cfg.train.epochs == 50 and cfg.train.batch_size == 4
+    assert cfg.train.resume == "auto"
+    assert cfg.model.overrides == {"mit_layers": 2}
+    assert cfg.data.root == "/x y"
+    assert cfg.train.weight_decay == DEFAULTS["train"]["weight_decay"]  # untouched default
     assert DEFAULTS["train"]["lr"] == 8e-6  # defaults not mutated
 
 
@@ -47,7 +47,7 @@ def test_load_config_yaml_and_overrides(tmp_path):
     ("train.lr", "expected key=value"),
     ("train.batch_size=0", "train.batch_size must be >= 1"),
     ("train.amp=fp8", "train.amp must be one of"),
-    ("train.epochs=2.5", "train.epochs must be a integer"),
+    ("train.epochs=2.5", "train.epochs must be an integer"),
     ("train.lr=fast", "train.lr must be a number"),
     ("data.crop_pct=0", r"data.crop_pct must be in \(0, 1\]"),
     ("data.crop_pct=1.2", r"data.crop_pct must be in \(0, 1\]"),
@@ -75,14 +75,14 @@ def test_paper_configs_load_and_total_batch():
         load_config(f)  # every file (demo, zero-shot, base) is a valid config
     for f in kinetics + fewshot:
         cfg = load_config(f)
-        t = cfg["train"]
-        total = t["batch_size"] * t["accumulation_steps"] * 8
+        t = cfg.train
+        total = t.batch_size * t.accumulation_steps * 8
         assert total == (64 if f in fewshot else 256), (f, total)
-        assert t["weight_decay"] == 0.001 and t["betas"] == [0.9, 0.98] and t["label_smoothing"] == 0.1
-        assert t["lr"] == (2e-6 if f in fewshot else 8e-6) and t["epochs"] == (50 if f in fewshot else 30)
+        assert t.weight_decay == 0.001 and t.betas == [0.9, 0.98] and t.label_smoothing == 0.1
+        assert t.lr == (2e-6 if f in fewshot else 8e-6) and t.epochs == (50 if f in fewshot else 30)
     l14 = load_config(os.path.join(REPO, "configs", "k400", "l14_336_16f.yaml"))
-    assert l14["model"]["arch"] == "ViT-L/14@336" and l14["data"]["input_size"] == 336
-    assert l14["model"]["grad_checkpointing"] is True and l14["train"]["accumulation_steps"] == 32
+    assert l14.model.arch == "ViT-L/14@336" and l14.data.input_size == 336
+    assert l14.model.grad_checkpointing is True and l14.train.accumulation_steps == 32
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -297,7 +297,7 @@ def test_rng_state_roundtrip():
 
 
 def test_non_finite_loss_error_message():
-    from xclip.train.trainer import NonFiniteLossError
+    from xclip.engine.trainer import NonFiniteLossError
 
     e = NonFiniteLossError(17, 2, math.nan)
     assert "step 17" in str(e) and "epoch 2" in str(e)

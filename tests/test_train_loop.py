@@ -12,7 +12,7 @@ from train_utils import make_tiny_data, tiny_config
 
 
 def test_corrupt_video_is_skipped_and_training_completes(tmp_path):
-    from xclip.train.trainer import train
+    from xclip.engine.trainer import train
 
     data = str(tmp_path / "data")
     make_tiny_data(data, train_per_class=1)
@@ -45,7 +45,7 @@ def test_corrupt_video_is_skipped_and_training_completes(tmp_path):
 
 def test_non_finite_loss_is_reported_with_its_step(tmp_path):
     import xclip
-    from xclip.train.trainer import NonFiniteLossError, train
+    from xclip.engine.trainer import NonFiniteLossError, train
 
     data = str(tmp_path / "data")
     make_tiny_data(data, train_per_class=1)
@@ -59,7 +59,7 @@ def test_non_finite_loss_is_reported_with_its_step(tmp_path):
 
 
 def test_bad_settings_raise_value_error(tmp_path):
-    from xclip.train.trainer import train
+    from xclip.engine.trainer import train
 
     data = str(tmp_path / "data")
     make_tiny_data(data, train_per_class=1)
@@ -75,9 +75,9 @@ def test_bad_settings_raise_value_error(tmp_path):
 def test_text_freeze_epochs_holds_the_text_tower_then_trains_it(tmp_path):
     """train.text_freeze_epochs: the text tower does not move during the hold, the video side does; afterwards
     both train. Checked on the checkpoints written at the end of each epoch."""
-    from xclip.train.checkpoint import list_checkpoints, load_checkpoint
-    from xclip.train.optim import is_text
-    from xclip.train.trainer import train
+    from xclip.engine.checkpoint import list_checkpoints, load_checkpoint
+    from xclip.engine.optim import is_text
+    from xclip.engine.trainer import train
 
     data = str(tmp_path / "data")
     make_tiny_data(data, train_per_class=1)  # 8 clips: 2 steps per epoch at batch 4
@@ -106,7 +106,7 @@ def test_text_freeze_epochs_holds_the_text_tower_then_trains_it(tmp_path):
 
 
 def test_data_crop_pct_reaches_the_training_and_test_transforms(tmp_path):
-    from xclip.train.trainer import _dataset
+    from xclip.engine.trainer import _dataset
 
     data = str(tmp_path / "data")
     make_tiny_data(data, train_per_class=1)  # 16 px clips, input_size 16

@@ -20,7 +20,7 @@ TINY_ARCH = {
 
 def make_tiny_data(root: str, train_per_class: int = 1, held_out: int = 0) -> dict:
     """8 classes (2 colours x 2 shapes x 2 motions) of 16x16, 8-frame mp4 clips."""
-    from xclip.demo_data import ShapesSpec, generate_dataset
+    from xclip.apps.demo.demo_data import ShapesSpec, generate_dataset
 
     spec = ShapesSpec(colours=["red", "blue"], shapes=["circle", "square"], motions=["left", "up"],
                       num_held_out=held_out, size=16, frames=8, train_per_class=train_per_class,
@@ -70,7 +70,7 @@ def run(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def final_state(output: str) -> dict:
-    from xclip.train.checkpoint import list_checkpoints, load_checkpoint
+    from xclip.engine.checkpoint import list_checkpoints, load_checkpoint
 
     ckpts = list_checkpoints(output)
     assert ckpts, f"no checkpoint in {output}: {os.listdir(output)}"

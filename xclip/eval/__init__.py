@@ -1,22 +1,22 @@
-"""Evaluation: metrics, multi-view fusion, distributed evaluation, zero-/few-shot protocols.
+"""Deprecated: evaluation moved to :mod:`xclip.engine` (``evaluate``, metrics, zero-/few-shot,
+reports) and the ``xclip eval`` / ``xclip predict`` commands to :mod:`xclip.apps`.
 
-* :mod:`xclip.eval.metrics`: ``accuracy_topk``, ``mean_class_accuracy``,
-  ``confusion_matrix``, ``per_class_accuracy``, ``plot_confusion_matrix``.
-* :func:`evaluate(model, loader, text_tokens_or_features, *, device, amp_dtype,
-  num_classes, desc) -> dict` (:mod:`xclip.eval.evaluate`).
-* :mod:`xclip.eval.zeroshot`: HMDB-51 / UCF-101 split readers,
-  ``k600_novel_splits``, ``summarise_splits``.
-* :mod:`xclip.eval.fewshot`: ``make_kshot_list``, ``write_kshot_lists``.
-* :mod:`xclip.eval.report`: metrics JSON, per-class CSV, confusion PNG.
-* ``xclip eval`` (:mod:`xclip.eval.cli`) and ``xclip predict`` (:mod:`xclip.eval.predict`).
+The old names and submodules (``xclip.eval.metrics``, ``.zeroshot``, ``.cli``,
+``.predict``, ...) still work, with a ``DeprecationWarning``.
 """
 
-from .evaluate import evaluate, fuse_views, gather_results
-from .fewshot import make_kshot_list, write_kshot_lists
-from .metrics import (accuracy_topk, confusion_matrix, mean_class_accuracy, per_class_accuracy,
-                      plot_confusion_matrix)
-from .report import write_eval_outputs
-from .zeroshot import hmdb_ucf_splits, k600_novel_splits, summarise_splits
+from xclip._compat import alias_package
+
+alias_package("xclip.eval", "xclip.engine", {
+    "evaluate": "xclip.engine.evaluate", "fewshot": "xclip.engine.fewshot", "metrics": "xclip.engine.metrics",
+    "report": "xclip.engine.report", "zeroshot": "xclip.engine.zeroshot", "cli": "xclip.apps.eval",
+    "predict": "xclip.apps.predict",
+})
+
+from xclip.engine import (accuracy_topk, confusion_matrix, evaluate, fuse_views, gather_results,  # noqa: E402
+                          hmdb_ucf_splits, k600_novel_splits, make_kshot_list, mean_class_accuracy,
+                          per_class_accuracy, plot_confusion_matrix, summarise_splits, write_eval_outputs,
+                          write_kshot_lists)
 
 __all__ = ["evaluate", "fuse_views", "gather_results", "make_kshot_list", "write_kshot_lists", "accuracy_topk",
            "confusion_matrix", "mean_class_accuracy", "per_class_accuracy", "plot_confusion_matrix",

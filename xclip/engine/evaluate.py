@@ -26,13 +26,14 @@ sample), ``num_samples``, ``skipped``, ``skipped_paths``, ``num_views``,
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from xclip.runtime import autocast
 
 from .metrics import accuracy_topk, mean_class_accuracy
 
@@ -105,7 +106,7 @@ def evaluate(model, loader, text_tokens_or_features, *, device="cpu", amp_dtype:
     if text.dim() != 2:
         raise ValueError(f"text_tokens_or_features must be tokens [K, L] or features [K, E], got {tuple(text.shape)}")
     has_feats = hasattr(model, "encode_video") and hasattr(model, "logits_from_features")
-    amp = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext())
+    amp = autocast(device, amp_dtype)
     was_training = model.training
     model.eval()
     try:

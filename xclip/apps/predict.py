@@ -32,11 +32,11 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
             batch_size: int = 4, num_clips: int = 1, num_crops: int = 1, template: str = "{}", device="cpu",
             decoder: str = "auto", num_workers: int = 0, progress: bool = True, mean=None, std=None,
             crop_pct: float | None = None) -> list[dict]:
-    import xclip
-    from xclip.data import IMAGENET_MEAN, IMAGENET_STD, VideoDataset, build_loader
+    from xclip.config import DataConfig
+    from xclip.data import build_data_loader, build_dataset
     from xclip.data.transforms import DEFAULT_CROP_PCT
-
-    from .evaluate import fuse_views
+    from xclip.engine import fuse_views
+    from xclip.model import tokenize
 
     if not paths:
         raise ValueError("predict: no videos given")
@@ -47,16 +47,16 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
     T = num_frames or cfg.num_frames
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing files are reported below, once
-        ds = VideoDataset([(p, 0) for p in paths], None, num_frames=T, mode="test", input_size=cfg.image_resolution,
-                          num_clips=num_clips, num_crops=num_crops, decoder=decoder,
-                          mean=mean or IMAGENET_MEAN, std=std or IMAGENET_STD,
-                          crop_pct=DEFAULT_CROP_PCT if crop_pct is None else crop_pct)
+        data = DataConfig(decoder=decoder, mean=list(mean) if mean else None, std=list(std) if std else None,
+                          crop_pct=DEFAULT_CROP_PCT if crop_pct is None else float(crop_pct))
+        ds = build_dataset(data, [(p, 0) for p in paths], mode="test", num_frames=T, input_size=cfg.image_resolution,
+                           num_clips=num_clips, num_crops=num_crops, root="")
     for m in ds.missing:
         log.error("missing video file: %s", m)
-    loader = build_loader(ds, batch_size, train=False, num_workers=num_workers, pin_memory=False,
-                          distributed=False)
+    loader = build_data_loader(data, ds, batch_size, train=False, num_workers=num_workers, pin_memory=False,
+                               distributed=False)
     model = model.to(device).eval()
-    tokens = xclip.tokenize([template.format(n) for n in class_names], context_length=cfg.context_length)
+    tokens = tokenize([template.format(n) for n in class_names], context_length=cfg.context_length)
     text_emb = model.encode_text(tokens.to(device))
     k = min(top_k, len(class_names))
     results: dict[int, dict] = {}
@@ -105,15 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        import xclip
         from xclip.data import read_labels
-
-        from .cli import parse_views
+        from xclip.model import load_pretrained
+        from xclip.runtime import parse_views, select_device
 
         names = read_labels(args.labels)
         clips, crops = parse_views(args.views)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = xclip.load_pretrained(args.checkpoint, num_frames=args.frames)
+        device = select_device(args.device or "auto")
+        model = load_pretrained(args.checkpoint, num_frames=args.frames)
         out = predict(model, args.videos, names, top_k=args.top_k, num_frames=args.frames,
                       batch_size=args.batch_size, num_clips=clips, num_crops=crops, template=args.template,
                       device=device, decoder=args.decoder, num_workers=args.num_workers,

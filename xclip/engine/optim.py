@@ -9,10 +9,12 @@ undecayed 1-D parameters, biases and positional / class embeddings.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
+
+from xclip.config import RunConfig, TrainConfig
 
 __all__ = ["NEW_MODULE_KEYWORDS", "NO_DECAY_KEYWORDS", "TEXT_PREFIXES", "is_new_module", "is_no_decay", "is_text", "param_groups", "build_optimizer", "freeze_text"]
 
@@ -100,18 +102,19 @@ def param_groups(
     return groups
 
 
-def build_optimizer(model: nn.Module, train_cfg: dict) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, train_cfg: "TrainConfig | Mapping") -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` as ``train_cfg`` (a :class:`xclip.config.TrainConfig`, or a dict of its keys) says."""
+    t = train_cfg if isinstance(train_cfg, TrainConfig) else RunConfig.from_dict({"train": dict(train_cfg)}).train
     groups = param_groups(
         model.named_parameters(),
-        lr=float(train_cfg["lr"]),
-        weight_decay=float(train_cfg["weight_decay"]),
-        new_module_lr_mult=float(train_cfg.get("new_module_lr_mult", 10.0)),
-        text_lr_mult=float(train_cfg.get("text_lr_mult", 1.0)),
-        split_text=float(train_cfg.get("text_freeze_epochs") or 0) > 0,  # the schedule holds the text_* groups at 0
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        new_module_lr_mult=t.new_module_lr_mult,
+        text_lr_mult=t.text_lr_mult,
+        split_text=t.text_freeze_epochs > 0,  # the schedule holds the text_* groups at 0
     )
-    betas = tuple(float(b) for b in train_cfg.get("betas", (0.9, 0.98)))
-    kwargs = dict(lr=float(train_cfg["lr"]), betas=betas, eps=float(train_cfg.get("eps", 1e-8)))
-    fused = train_cfg.get("fused_optimizer", "auto")
+    kwargs = dict(lr=t.lr, betas=tuple(t.betas), eps=t.eps)
+    fused = t.fused_optimizer
     params = [p for g in groups for p in g["params"]]
     can_fuse = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     if fused is True or (fused == "auto" and can_fuse):

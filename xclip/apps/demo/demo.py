@@ -4,7 +4,7 @@
    official-format lists (class = colour x shape x motion, named in words),
    holding a few classes out of training entirely;
 2. trains a tiny X-CLIP from scratch, text encoder included, with the real
-   training loop (:func:`xclip.train.trainer.train`);
+   training loop (:func:`xclip.engine.train`);
 3. evaluates top-1 on the test clips of the trained classes and zero-shot
    top-1 on the held-out classes, named only by text;
 4. repeats training and evaluation with the cross-frame modules off
@@ -26,6 +26,13 @@ import time
 from typing import Any
 
 import torch
+
+from xclip.config import RunConfig
+from xclip.data import FrameCache, build_data_loader, build_dataset, read_labels
+from xclip.engine import evaluate, train
+from xclip.engine.metrics import confusion_matrix, plot_confusion_matrix
+from xclip.engine.trainer import trim_tokens
+from xclip.model import tokenize
 
 from .demo_data import ShapesSpec, generate_dataset
 
@@ -73,15 +80,13 @@ DEMO_CONFIG: dict[str, Any] = {
                                       # 49k-entry embedding table and its AdamW moments)
         "num_threads": 2,  # frames are cached, so both cores compute
     },
-    "test": {"num_clips": 1, "num_crops": 1},
+    "eval": {"num_clips": 1, "num_crops": 1},
     "log": {"print_every": 50, "tensorboard": True},
 }
 
 
-def demo_config(output: str, data_root: str, run_name: str, *, cross_frame: bool, overrides: list[str] = ()) -> dict:
-    from xclip.train.config import DEFAULTS, apply_override, merge, parse_overrides, validate
-
-    cfg = merge(DEFAULTS, copy.deepcopy(DEMO_CONFIG))
+def demo_config(output: str, data_root: str, run_name: str, *, cross_frame: bool, overrides: list[str] = ()) -> RunConfig:
+    cfg = copy.deepcopy(DEMO_CONFIG)
     cfg["output"] = os.path.join(output, run_name)
     d = cfg["data"]
     d["root"] = data_root
@@ -89,29 +94,17 @@ def demo_config(output: str, data_root: str, run_name: str, *, cross_frame: bool
                       ("labels", "labels_train.csv")):
         d[key] = os.path.join(data_root, name)
     cfg["model"]["arch"]["cross_frame"] = bool(cross_frame)
-    for keys, value in parse_overrides(overrides):
-        apply_override(cfg, keys, value)
-    return validate(cfg)
+    return RunConfig.from_dict(cfg).replace(overrides)
 
 
-def _evaluate_split(model, list_file: str, root: str, class_names: list[str], cfg: dict, desc: str,
+def _evaluate_split(model, list_file: str, root: str, class_names: list[str], cfg: RunConfig, desc: str,
                     frame_cache=None) -> dict:
-    import xclip
-    from xclip.data import VideoDataset, build_loader
-    from xclip.eval import evaluate
-    from xclip.train.trainer import trim_tokens
-
-    ds = VideoDataset(list_file, root, num_frames=int(cfg["model"]["num_frames"]), mode="test",
-                      input_size=int(cfg["data"]["input_size"]), decoder=cfg["data"]["decoder"], seed=int(cfg["seed"]),
-                      crop_pct=float(cfg["data"]["crop_pct"]))
-    if frame_cache is not None:
-        from xclip.train.frame_cache import cached_dataset
-
-        ds = cached_dataset(ds, frame_cache)
-    loader = build_loader(ds, int(cfg["train"]["batch_size"]), train=False, num_workers=int(cfg["data"]["num_workers"]))
-    tokens = trim_tokens(xclip.tokenize(list(class_names)), model)
+    ds = build_dataset(cfg.data, list_file, mode="test", num_frames=cfg.model.num_frames, seed=cfg.seed,
+                       frame_cache=frame_cache, root=root)
+    loader = build_data_loader(cfg.data, ds, cfg.train.batch_size, train=False)
+    tokens = trim_tokens(tokenize(list(class_names)), model)
     return evaluate(model, loader, tokens, device="cpu", num_classes=len(class_names), desc=desc,
-                    progress=bool(cfg["log"].get("progress", True)))
+                    progress=cfg.log.progress)
 
 
 def _read_metrics(run_dir: str) -> list[dict]:
@@ -152,8 +145,6 @@ def _plot_curves(runs: dict[str, str], path: str) -> None:
 
 
 def _confusion(result: dict, names: list[str], path: str, title: str) -> None:
-    from xclip.eval.metrics import confusion_matrix, plot_confusion_matrix
-
     cm = confusion_matrix(result["probs"], result["labels"], num_classes=len(names))
     plot_confusion_matrix(cm, names, path, title=title)
 
@@ -210,10 +201,6 @@ QUICK_OVERRIDES = ["train.epochs=2", "train.text_freeze_epochs=1", "train.batch_
 
 def run_demo(output: str = "demo_out", *, quick: bool = False, ablation: bool = True, spec: ShapesSpec | None = None,
              overrides: list[str] = (), progress: bool = True) -> dict:
-    from xclip.data import read_labels
-    from xclip.train.frame_cache import FrameCache
-    from xclip.train.trainer import train
-
     t0 = time.time()
     output = os.path.abspath(output)
     os.makedirs(output, exist_ok=True)
@@ -239,13 +226,12 @@ def run_demo(output: str = "demo_out", *, quick: bool = False, ablation: bool = 
     cache = None
     for run_name, cross_frame, label in runs:
         cfg = demo_config(output, data_root, run_name, cross_frame=cross_frame, overrides=extra)
-        if cache is None and cfg["data"].get("cache_frames"):
-            cache = FrameCache(cfg["data"]["decoder"])  # one decode of every clip, shared by both runs
-        t_cfg = cfg["train"]
-        print(f"[demo] training {label}: {t_cfg['epochs']} epochs of batch {t_cfg['batch_size']}, "
-              f"output {cfg['output']}", flush=True)
+        if cache is None and cfg.data.cache_frames:
+            cache = FrameCache(cfg.data.decoder)  # one decode of every clip, shared by both runs
+        print(f"[demo] training {label}: {cfg.train.epochs} epochs of batch {cfg.train.batch_size}, "
+              f"output {cfg.output}", flush=True)
         t_run = time.time()
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(cfg.seed)
         summary = train(cfg, frame_cache=cache)
         model = summary["model"].eval()
         t_train = time.time() - t_run
@@ -266,7 +252,7 @@ def run_demo(output: str = "demo_out", *, quick: bool = False, ablation: bool = 
             "zeroshot_all_classes_top1": zs_all_top1, "zeroshot_all_classes_chance": 100.0 / len(all_names),
             "zeroshot_all_classes_attributes": attribute_accuracy(zs_all_shifted, all_names),
             "motion_only_errors_pct": _motion_confusions(test, train_names),
-            "final_loss": summary["final_loss"], "val": summary["val"], "run_dir": cfg["output"],
+            "final_loss": summary["final_loss"], "val": summary["val"], "run_dir": cfg.output,
         }
         _confusion(test, train_names, os.path.join(output, f"confusion_test_{run_name}.png"),
                    f"test, trained classes: {label}")
@@ -306,7 +292,7 @@ def _write_report(output: str, results: dict, info: dict, quick: bool) -> str:
         "names only; every word of them occurs in trained classes): "
         + ", ".join(f"*{n}*" for n in info["held_out_classes"]) + ".",
         "",
-        "A small X-CLIP (text encoder included) trained from scratch on the CPU with `xclip.train`. "
+        "A small X-CLIP (text encoder included) trained from scratch on the CPU with `xclip.engine`. "
         "The ablation turns the cross-frame modules off (`cross_frame=False`: no message tokens, no MIT; "
         "the frame features are mean-pooled), so it sees a clip as an unordered set of frames: a shape moving "
         "left passes through the same positions as one moving right, only in the opposite order.",

@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoints import load_pretrained, save_checkpoint
+    from xclip.model.checkpoints import load_pretrained, save_checkpoint
 
     try:
         model = load_pretrained(args.input, num_frames=args.num_frames)

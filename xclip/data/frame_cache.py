@@ -21,8 +21,8 @@ from typing import Iterable
 
 import torch
 
-from xclip.data import VideoDataset
-from xclip.data.video_io import open_video
+from .dataset import VideoDataset
+from .video_io import open_video
 
 __all__ = ["FrameCache", "CachedVideoDataset", "cached_dataset"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import dump_config, load_config
+from xclip.config import dump_config, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    from .trainer import NonFiniteLossError, train
+    from xclip.engine.trainer import NonFiniteLossError, train
 
     try:
         summary = train(cfg)

@@ -3,14 +3,14 @@
 Evaluates a checkpoint on the config's test list (``data.test_list``, else
 ``data.val_list``) under ``data.root`` with the class names of
 ``data.labels`` (prompts ``data.text_template.format(name)``). Views default
-to ``test.num_clips`` x ``test.num_crops``; ``--views 1x1`` for a single view.
+to ``eval.num_clips`` x ``eval.num_crops``; ``--views 1x1`` for a single view.
 Frames and resolution come from the checkpoint's model config.
 
 ``--zero-shot`` evaluates one or more label sets and reports mean ± std:
 
 * ``--split-lists L1 L2 L3`` (and optionally ``--split-labels A B C``, else
   ``data.labels`` for all): e.g. the three HMDB-51 / UCF-101 test splits
-  (see :mod:`xclip.eval.zeroshot` to build them from the official files);
+  (see :mod:`xclip.engine.zeroshot` to build them from the official files);
 * ``--k400-labels K400.csv``: the Kinetics-600 protocol: ``data.labels`` is
   the K600 label set, the test list K600's; three seeded subsets of 160 novel
   classes (``--seed``), each evaluated with its own 160 names;
@@ -29,32 +29,11 @@ import logging
 import os
 import sys
 
-import torch
+from xclip.runtime import cleanup, parse_views
+
+__all__ = ["main", "run", "build_parser", "parse_views"]
 
 log = logging.getLogger("xclip.eval")
-
-
-def parse_views(s: str) -> tuple[int, int]:
-    try:
-        c, k = s.lower().split("x")
-        c, k = int(c), int(k)
-    except ValueError:
-        raise ValueError(f"--views must look like CLIPSxCROPS (e.g. 4x3), got {s!r}") from None
-    if c < 1 or k not in (1, 3):
-        raise ValueError(f"--views {s!r}: clips must be >= 1 and crops 1 or 3")
-    return c, k
-
-
-def load_eval_config(path: str, overrides: list[str]) -> dict:
-    """The training config (``xclip.train.config.load_config``); plain YAML if that module is absent."""
-    try:
-        from xclip.train.config import load_config
-    except ImportError:  # pragma: no cover - the training package is part of the project
-        import yaml
-
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
-    return load_config(path, overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (the training config schema)")
     p.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     p.add_argument("--checkpoint", required=True, help="checkpoint (ours, official X-CLIP, or HF directory)")
-    p.add_argument("--views", default=None, help="CLIPSxCROPS, default test.num_clips x test.num_crops")
+    p.add_argument("--views", default=None, help="CLIPSxCROPS, default eval.num_clips x eval.num_crops")
     p.add_argument("--zero-shot", action="store_true", help="zero-shot protocol: mean ± std over splits")
     p.add_argument("--split-lists", nargs="+", default=None, help="zero-shot: one test list per split")
     p.add_argument("--split-labels", nargs="+", default=None, help="zero-shot: one labels file per split")
@@ -79,12 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _amp_dtype(name: str | None, device: torch.device):
-    if device.type != "cuda" or name in (None, "none"):
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -98,54 +71,51 @@ def main(argv: list[str] | None = None) -> int:
 def run(args) -> int:
     import torch.distributed as dist
 
-    import xclip
-    from xclip.data import IMAGENET_MEAN, IMAGENET_STD, VideoDataset, build_loader, parse_video_list, read_labels
-    from xclip.data.transforms import DEFAULT_CROP_PCT
+    from xclip.runtime import init_distributed
 
-    from .evaluate import evaluate
-    from .report import write_eval_outputs
-    from .zeroshot import k600_novel_splits, restrict_to_classes, summarise_splits
+    ours = not (dist.is_available() and dist.is_initialized())
+    dist_info = init_distributed(args.device or "auto")
+    try:
+        return _run(args, dist_info)
+    finally:
+        if ours:
+            cleanup()
 
-    cfg = load_eval_config(args.config, args.overrides)
-    data, test = cfg.get("data", {}), cfg.get("test", {})
-    root = data.get("root") or ""
-    list_file = args.list or data.get("test_list") or data.get("val_list")
-    labels_spec = args.labels or data.get("labels")
+
+def _run(args, dist_info) -> int:
+    from xclip.config import load_config
+    from xclip.data import build_data_loader, build_dataset, parse_video_list, read_labels
+    from xclip.engine import evaluate, k600_novel_splits, summarise_splits, write_eval_outputs
+    from xclip.engine.zeroshot import restrict_to_classes
+    from xclip.model import load_pretrained, tokenize
+    from xclip.runtime import amp_dtype
+
+    cfg = load_config(args.config, args.overrides)
+    data = cfg.data
+    root = data.root
+    list_file = args.list or data.test_list or data.val_list
+    labels_spec = args.labels or data.labels
     if not list_file and not args.split_lists:
         raise ValueError("no test list: set data.test_list / data.val_list or pass --list")
     if not labels_spec and not args.split_labels:
         raise ValueError("no labels: set data.labels or pass --labels")
-    clips, crops = parse_views(args.views) if args.views else (int(test.get("num_clips", 1) or 1),
-                                                               int(test.get("num_crops", 1) or 1))
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    if distributed and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(dev)
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    amp_dtype = _amp_dtype(args.amp or cfg.get("train", {}).get("amp"), device)
+    clips, crops = parse_views(args.views) if args.views else (cfg.eval.num_clips, cfg.eval.num_crops)
+    device = dist_info.device
+    amp = amp_dtype(args.amp or cfg.train.amp, device, cuda_only=True)
 
-    model = xclip.load_pretrained(args.checkpoint).to(device).eval()
+    model = load_pretrained(args.checkpoint).to(device).eval()
     mcfg = model.config
-    template = data.get("text_template") or "{}"
-    mean = data.get("mean") or IMAGENET_MEAN
-    std = data.get("std") or IMAGENET_STD
-    batch_size = args.batch_size or test.get("batch_size") or cfg.get("train", {}).get("batch_size", 8)
-    workers = args.num_workers if args.num_workers is not None else data.get("num_workers", 2)
+    template = data.text_template
+    batch_size = args.batch_size or cfg.eval.batch_size or cfg.train.batch_size
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    rank0 = dist_info.is_main
 
     def run_one(name: str, items, class_names: list[str]) -> dict:
-        ds = VideoDataset(items, root, num_frames=mcfg.num_frames, mode="test", input_size=mcfg.image_resolution,
-                          num_clips=clips, num_crops=crops, sampling=data.get("sampling", "segment"),
-                          decoder=data.get("decoder", "auto"), mean=mean, std=std,
-                          crop_pct=float(data.get("crop_pct") or DEFAULT_CROP_PCT))
-        loader = build_loader(ds, batch_size, train=False, num_workers=workers)
-        tokens = xclip.tokenize([template.format(n) for n in class_names], context_length=mcfg.context_length)
-        res = evaluate(model, loader, tokens, device=device, amp_dtype=amp_dtype, num_classes=len(class_names),
+        ds = build_dataset(data, items, mode="test", num_frames=mcfg.num_frames, input_size=mcfg.image_resolution,
+                           num_clips=clips, num_crops=crops, seed=cfg.seed)
+        loader = build_data_loader(data, ds, batch_size, train=False, num_workers=args.num_workers)
+        tokens = tokenize([template.format(n) for n in class_names], context_length=mcfg.context_length)
+        res = evaluate(model, loader, tokens, device=device, amp_dtype=amp, num_classes=len(class_names),
                        desc=name, progress=not args.no_progress)
         if rank0:
             paths = write_eval_outputs(res, out_dir, class_names, name=name,
