@@ -18,7 +18,7 @@ def test_demo_config_file_matches_embedded_default():
 
     with open(os.path.join(REPO, "configs", "demo.yaml")) as f:
         file_cfg = yaml.safe_load(f)
-    for section in ("model", "train", "test"):
+    for section in ("model", "train", "eval"):
         assert file_cfg[section] == DEMO_CONFIG[section], section
     for key in ("input_size", "num_workers", "decoder", "augment", "cache_frames"):
         assert file_cfg["data"][key] == DEMO_CONFIG["data"][key], key
