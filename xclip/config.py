@@ -94,7 +94,7 @@ class TrainConfig:
     batch_size: int = 8                   # per process
     accumulation_steps: int = 1           # micro-batches per optimiser step
     clip_grad: Optional[float] = None     # max global grad norm; None = off
-    amp: str = "bf16"                     # bf16 | fp16 | none (fp16 uses a GradScaler)
+    amp: Union[str, bool] = "bf16"        # bf16 | fp16 | none (fp16 uses a GradScaler); read as one of those three
     label_smoothing: float = 0.1          # cross-entropy label smoothing (also inside mixup targets)
     mixup: float = 0.8                    # mixup alpha; 0 = off
     cutmix: float = 1.0                   # cutmix alpha; 0 = off
