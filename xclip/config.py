@@ -221,7 +221,9 @@ def _is_free(where: str) -> bool:
 
 def _unknown(where: str, known: Iterable[str]) -> ConfigError:
     key = where.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    known = [str(k) for k in known]
+    prefix = [k for k in known if len(k) >= 2 and (key.startswith(k) or k.startswith(key))]
+    close = list(dict.fromkeys(prefix + difflib.get_close_matches(key, known, n=3, cutoff=0.6)))[:3]
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; known keys here: {sorted(known)}"
     return ConfigError(f"unknown config key {where!r}{hint}")
 

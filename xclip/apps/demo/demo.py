@@ -320,7 +320,33 @@ def _write_report(output: str, results: dict, info: dict, quick: bool) -> str:
             a = r[key]
             lines.append(f"| {r['label']} | {split} | {a['colour']:.1f}% | {a['shape']:.1f}% | {a['motion']:.1f}% | "
                          f"{a['motion_axis']:.1f}% |")
-    lines += ["", "Reading the numbers:", ""]
+    lines += ["", "Reading the numbers:", ""] + _reading_notes(runs, info, n_all)
+    lines += [
+        "",
+        f"Wall time {results['wall_time_s']:.0f} s for everything (data generation {results['data_time_s']:.0f} s, "
+        f"both trainings, evaluations, report), {results['threads']} torch thread(s) on {results['cpu_count']} CPU(s).",
+        "",
+        "## Training curves",
+        "",
+        "![training curves](curves.png)",
+        "",
+        "## Confusion matrices",
+        "",
+    ]
+    for name, r in runs.items():
+        lines += [f"### {r['label']}", "", f"![test confusion](confusion_test_{name}.png)", "",
+                  f"![zero-shot confusion](confusion_zeroshot_{name}.png)", ""]
+    lines += ["Each run's log, TensorBoard scalars, config and checkpoints are in its folder "
+              f"({', '.join(os.path.basename(r['run_dir']) for r in runs.values())}); numbers in results.json.", ""]
+    path = os.path.join(output, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _reading_notes(runs: dict, info: dict, n_all: int) -> list[str]:
+    """The report's bullet points: what the zero-shot split tests, and each run's verdict."""
+    lines: list[str] = []
     held = [_parse(n) for n in info["held_out_classes"]]
     objects = [(c, sh) for c, sh, _ in held]
     if len(set(objects)) == len(objects):
@@ -345,27 +371,7 @@ def _write_report(output: str, results: dict, info: dict, quick: bool) -> str:
                          "axis can be told from the set of positions but the direction cannot, so this run is "
                          "expected near 50% direction at best; the gap to the cross-frame run is what frame order "
                          "through the cross-frame modules buys.")
-    lines += [
-        "",
-        f"Wall time {results['wall_time_s']:.0f} s for everything (data generation {results['data_time_s']:.0f} s, "
-        f"both trainings, evaluations, report), {results['threads']} torch thread(s) on {results['cpu_count']} CPU(s).",
-        "",
-        "## Training curves",
-        "",
-        "![training curves](curves.png)",
-        "",
-        "## Confusion matrices",
-        "",
-    ]
-    for name, r in runs.items():
-        lines += [f"### {r['label']}", "", f"![test confusion](confusion_test_{name}.png)", "",
-                  f"![zero-shot confusion](confusion_zeroshot_{name}.png)", ""]
-    lines += ["Each run's log, TensorBoard scalars, config and checkpoints are in its folder "
-              f"({', '.join(os.path.basename(r['run_dir']) for r in runs.values())}); numbers in results.json.", ""]
-    path = os.path.join(output, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    return path
+    return lines
 
 
 def _pct(x: float) -> str:
