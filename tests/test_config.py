@@ -138,3 +138,16 @@ def test_replace_and_from_dict_validate():
     with pytest.raises(ConfigError, match="train.epochs must be >= 1"):
         cfg.replace(["train.epochs=0"])
     assert isinstance(DataConfig().crop_pct, float)
+
+
+def test_every_key_is_in_the_api_page():
+    """docs/api.md lists every config key with its default (the table is generated from xclip/config.py)."""
+    from xclip.config import SECTIONS
+
+    page = open(os.path.join(REPO, "docs", "api.md")).read()
+    for f in dataclasses.fields(RunConfig):
+        keys = [f.name] if f.name not in SECTIONS else [f"{f.name}.{g.name}" for g in dataclasses.fields(SECTIONS[f.name])]
+        for key in keys:
+            assert f"| `{key}` |" in page, f"docs/api.md does not list {key}"
+    for old, new in ALIASES.items():
+        assert f"`{old}`" in page and f"`{new}`" in page
