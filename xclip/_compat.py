@@ -15,5 +15,7 @@ import warnings
 def alias_package(old: str, new: str, submodules: dict[str, str]) -> None:
     """Warn that ``old`` moved to ``new`` and map ``old.<name>`` to each module in ``submodules``."""
     warnings.warn(f"{old} is deprecated; import from {new} instead", DeprecationWarning, stacklevel=3)
+    package = sys.modules[old]
     for name, target in submodules.items():
-        sys.modules.setdefault(f"{old}.{name}", importlib.import_module(target))
+        module = sys.modules.setdefault(f"{old}.{name}", importlib.import_module(target))
+        setattr(package, name, module)  # ``import xclip.eval.cli`` then ``xclip.eval.cli`` works
