@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
 import warnings
 
 import pytest
@@ -156,20 +154,14 @@ def test_evaluate_tiny_xclip_on_real_videos(tmp_path):
 
 
 # ----------------------------------------------------------------- distributed (2 x gloo)
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _dist_worker(rank, world, port, root, list_file, out):
+def _dist_worker(rank, world, init_file, root, list_file, out):
     import torch.distributed as dist
 
     import xclip
     from xclip.data import VideoDataset, build_loader
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # file rendezvous: no port to pick, release and race for
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         warnings.simplefilter("ignore")
@@ -195,7 +187,7 @@ def test_distributed_evaluate_counts_every_sample_once(tmp_path):
     lf = root / "eval.txt"  # 7 entries (5 good + 1 corrupt + 1 good), odd size for 2 ranks
     lf.write_text("".join(f"{r} {lab}\n" for r, lab in items[:5]) + "bad.mp4 1\n" + f"{items[5][0]} {items[5][1]}\n")
     out = str(tmp_path / "res")
-    mp.spawn(_dist_worker, args=(2, _free_port(), str(root), str(lf), out), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "rendezvous"), str(root), str(lf), out), nprocs=2, join=True)
     r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     assert (r0["local"], r1["local"]) == (4, 3)  # uneven shards, no padding duplicates
     for r in (r0, r1):  # every rank gets the full, gathered result
