@@ -15,7 +15,7 @@ COMMANDS = {
     "eval": ("xclip.eval.cli", "evaluate a checkpoint (multi-view, zero-shot)"),
     "predict": ("xclip.eval.predict", "top-k labels for video files"),
     "convert": ("xclip.model.convert", "convert checkpoints between formats (hf, official)"),
-    "bench": ("xclip.bench", "whole-model speed and memory benchmark"),
+    "bench": ("xclip.apps.bench", "whole-model speed and memory benchmark"),
 }
 
 

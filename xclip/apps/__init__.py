@@ -1,0 +1,1 @@
+"""The applications on top of the engine: the `xclip` subcommands (bench, ...)."""
