@@ -82,6 +82,24 @@ def test_our_save_pretrained_loads_in_transformers(tmp_path):
     assert rel_err(logits(xclip.load_pretrained(tmp_path), v, t), logits(m, v, t)) < 1e-6
 
 
+def test_hf_key_table_round_trip_uses_every_row():
+    """One table serves both directions: a full-size model's keys go to HF and back unchanged, every row is used."""
+    from xclip.model import hf
+
+    with torch.device("meta"):
+        sd = xclip.create_model("ViT-B/32", num_frames=8).state_dict()
+    hf_sd = hf.to_hf_state_dict(sd)
+    assert "vision_model.encoder.layers.11.message_attn.v_proj.bias" in hf_sd
+    assert hf_sd["visual_projection.weight"].shape == sd["visual.proj"].shape[::-1]
+    back = hf.from_hf_state_dict(hf_sd)
+    assert set(back) == set(sd) and all(back[k].shape == sd[k].shape for k in sd)
+    assert {hf._lookup(k, 0)[0][2] for k in sd} == {official for official, _, _ in hf.KEY_TABLE}
+    with pytest.raises(ValueError, match="visual.bogus"):
+        hf.to_hf_state_dict({"visual.bogus": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"has only \['q'\]"):
+        hf.from_hf_state_dict({"mit.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(2, 2)})
+
+
 def test_hf_state_dict_file_also_loads(tmp_path):
     hm = _hf_model(seed=3)
     torch.save(hm.state_dict(), tmp_path / "hf_sd.pth")
