@@ -169,3 +169,10 @@ def test_independent_of_our_attention_ops():
     finally:
         for (h, n), f in saved.items():
             setattr(h, n, f)
+
+
+def test_old_loader_name_is_a_deprecated_alias():
+    from xclip.apps import bench
+
+    with pytest.warns(DeprecationWarning, match="xclip.model.reference"):
+        assert bench.load_plain_module().PlainXCLIP is PlainXCLIP

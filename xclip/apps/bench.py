@@ -151,6 +151,17 @@ def resolve_device(name: str) -> torch.device:
 # --- contenders -----------------------------------------------------------------
 
 
+def load_plain_module():
+    """Deprecated: the plain model is :mod:`xclip.model.reference` (it was read from ``benchmarks/plain_xclip.py``)."""
+    import warnings
+
+    import xclip.model.reference as reference
+
+    warnings.warn("xclip bench: load_plain_module() is deprecated; import xclip.model.reference", DeprecationWarning,
+                  stacklevel=2)
+    return reference
+
+
 def _is_text_param(name: str) -> bool:
     """The official FIX_TEXT rule, in official key names: train only visual / mit / prompts."""
     return not ("visual." in name or "mit" in name or "prompts" in name)
