@@ -1,4 +1,10 @@
-"""``xclip bench`` at tiny sizes on the CPU: every path runs and agrees (no timing is asserted)."""
+"""``xclip bench`` at tiny sizes on the CPU: every path runs and agrees with the reference model (no timing is asserted).
+
+The reference is :mod:`xclip.model.reference` in float64. The ``plain`` contender is that same code in float32, so
+its error is only rounding: it is the yardstick (flash-attention's rule: the others stay within twice it plus a small
+atol), not evidence that plain is right. That evidence is ``tests/test_plain_baseline.py`` and ``tests/test_model.py``
+(our model, transformers' model and the reference agree).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ import tempfile
 import pytest
 import torch
 
-from xclip import bench
-from xclip.bench import BenchSettings, analytic_infer_flops, build_contenders, make_inputs
+from xclip.apps import bench
+from xclip.apps.bench import BenchSettings, analytic_infer_flops, build_contenders, make_inputs
+
+ATOL_REL = 1e-6  # relative to max |reference logits|
 
 TINY = ["--tiny", "--batch", "2", "--frames", "4", "--classes", "5", "--warmup", "0", "--iters", "1",
         "--train-iters", "1", "--strict"]
@@ -22,28 +30,45 @@ def eager_run(tmp_path_factory):
     return rc, out, json.loads((out / "results.json").read_text())
 
 
-def test_eager_run_all_contenders(eager_run):
+def _assert_within_plain_rounding(records):
+    """Every contender's logits vs the float64 reference: at most 2x the plain float32 error + atol."""
+    ok = {r["contender"]: r for r in records if r["status"] == "ok"}
+    yardstick = ok["plain"]["max_rel_err_vs_ref"]
+    assert 0 < yardstick < 1e-5  # float32 against float64: rounding, never exactly zero
+    for name, r in ok.items():
+        assert r["ref_dtype"] == "float64"
+        assert r["max_rel_err_vs_ref"] <= 2 * yardstick + ATOL_REL, (name, r["max_rel_err_vs_ref"], yardstick)
+        # the training path: its loss before the first update is the reference model's loss
+        assert abs(r["train_loss_first"] - r["ref_loss"]) <= 1e-5 * r["ref_loss"], name
+    return ok
+
+
+def test_eager_run_contenders_match_reference(eager_run):
     rc, out, records = eager_run
     assert rc == 0
-    ok = {r["contender"]: r for r in records if r["status"] == "ok"}
+    ok = _assert_within_plain_rounding(records)
     assert {"ours[torch]", "plain"} <= set(ok)
     assert any(name.startswith("hf[") for name in ok)
-    for name, r in ok.items():
-        assert r["dtype"] == "float32" and r["mode"] == "eager"
-        # every path agrees with the plain float32 model on the same weights
-        assert r["max_rel_err_vs_plain_fp32"] < 1e-5, name
-        assert r["views_per_s"] > 0 and r["videos_per_s"] == pytest.approx(r["views_per_s"])
-        assert r["train_step_s"] > 0 and r["trainable_params"] > 0
-        assert r["infer_peak_bytes"] is None and r["train_peak_bytes"] is None  # CPU: n/a
-        assert r["infer_mfu"] > 0 and r["train_mfu"] > 0
-        assert r["infer_speedup_vs_plain"] > 0 and r["train_speedup_vs_hf"] > 0
-    assert ok["plain"]["infer_speedup_vs_plain"] == pytest.approx(1.0)
     # the text tower is frozen: every contender trains the same number of weights
     assert len({r["trainable_params"] for r in ok.values()}) == 1
     # FLOPs counted on our model equal the count by hand; training costs about 3x inference
     r = ok["ours[torch]"]
     assert r["flops_infer"] == r["flops_infer_analytic"] > 0
     assert 2.0 < r["flops_train"] / r["flops_infer"] < 3.5
+
+
+def test_eager_run_writes_every_field_runs_only(eager_run):
+    """Only that the harness runs and fills its table (timings are not checked against anything)."""
+    rc, out, records = eager_run
+    ok = {r["contender"]: r for r in records if r["status"] == "ok"}
+    for name, r in ok.items():
+        assert r["dtype"] == "float32" and r["mode"] == "eager"
+        assert r["views_per_s"] > 0 and r["videos_per_s"] == pytest.approx(r["views_per_s"])
+        assert r["train_step_s"] > 0 and r["trainable_params"] > 0
+        assert r["infer_peak_bytes"] is None and r["train_peak_bytes"] is None  # CPU: n/a
+        assert r["infer_mfu"] > 0 and r["train_mfu"] > 0
+        assert r["infer_speedup_vs_plain"] > 0 and r["train_speedup_vs_hf"] > 0
+    assert ok["plain"]["infer_speedup_vs_plain"] == pytest.approx(1.0)
     # backends that cannot run here are listed with the reason
     skipped = [x for x in records if x["status"].startswith("skipped")]
     assert all(x["contender"].startswith("ours[") for x in skipped)
@@ -62,7 +87,7 @@ def test_report_rebuilds_outputs(eager_run, tmp_path):
     assert (tmp_path / "results.md").read_text().count("\n| ") == len(records) + 1
 
 
-def test_compiled_path_runs_and_agrees(tmp_path):
+def test_compiled_path_agrees_with_reference(tmp_path):
     # aot_eager traces through the custom ops' fake kernels and autograd without inductor's C++ build
     rc = bench.main(
         TINY + ["--compile", "--compile-backend", "aot_eager", "--contenders", "ours", "plain", "--backends", "torch",
@@ -71,10 +96,8 @@ def test_compiled_path_runs_and_agrees(tmp_path):
     assert rc == 0
     records = json.loads((tmp_path / "results.json").read_text())
     assert [r["contender"] for r in records] == ["ours[torch]", "plain"]
-    for r in records:
-        assert r["status"] == "ok" and r["mode"] == "compile"
-        assert r["max_rel_err_vs_plain_fp32"] < 1e-5
-        assert r["train_step_s"] > 0
+    assert all(r["status"] == "ok" and r["mode"] == "compile" for r in records)
+    _assert_within_plain_rounding(records)
 
 
 def test_hf_adapter_matches_hf_forward():

@@ -24,8 +24,11 @@ def rel_err(a, b):
 
 
 def official_tiny(**kw):
-    """Official files carry no head counts: heads follow the official rule (width // 64) so inference recovers them."""
-    return tiny(**{"transformer_heads": 1, **kw})
+    """Official files carry no head counts: heads follow the official rule (width // 64) so inference recovers them.
+    Widths of 128 give two heads everywhere (one head cannot tell a transposed head split)."""
+    official = dict(vision_width=128, transformer_width=128, embed_dim=128, transformer_heads=2, vision_heads=None,
+                    mit_heads=None, prompt_heads=None)
+    return tiny(**{**official, **kw})
 
 
 def logits(m, v, t):
@@ -77,6 +80,24 @@ def test_our_save_pretrained_loads_in_transformers(tmp_path):
     assert rel_err(_hf_logits(hm, v, t), logits(m, v, t)) < 1e-5
     # and back through our loader
     assert rel_err(logits(xclip.load_pretrained(tmp_path), v, t), logits(m, v, t)) < 1e-6
+
+
+def test_hf_key_table_round_trip_uses_every_row():
+    """One table serves both directions: a full-size model's keys go to HF and back unchanged, every row is used."""
+    from xclip.model import hf
+
+    with torch.device("meta"):
+        sd = xclip.create_model("ViT-B/32", num_frames=8).state_dict()
+    hf_sd = hf.to_hf_state_dict(sd)
+    assert "vision_model.encoder.layers.11.message_attn.v_proj.bias" in hf_sd
+    assert hf_sd["visual_projection.weight"].shape == sd["visual.proj"].shape[::-1]
+    back = hf.from_hf_state_dict(hf_sd)
+    assert set(back) == set(sd) and all(back[k].shape == sd[k].shape for k in sd)
+    assert {hf._lookup(k, 0)[0][2] for k in sd} == {official for official, _, _ in hf.KEY_TABLE}
+    with pytest.raises(ValueError, match="visual.bogus"):
+        hf.to_hf_state_dict({"visual.bogus": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"has only \['q'\]"):
+        hf.from_hf_state_dict({"mit.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(2, 2)})
 
 
 def test_hf_state_dict_file_also_loads(tmp_path):
@@ -179,7 +200,7 @@ def test_mismatch_lists_missing_unexpected_and_shapes(tmp_path):
     assert isinstance(e.value, ValueError)
     assert "missing keys (1): visual.transformer.resblocks.1.message_ln.weight" in msg
     assert "unexpected keys (1): visual.transformer.resblocks.0.attn.bogus" in msg
-    assert "prompts_generator.decoder.0.cross_attn.q_proj.weight (checkpoint (32, 31), model (32, 32))" in msg
+    assert "prompts_generator.decoder.0.cross_attn.q_proj.weight (checkpoint (32, 31), model (128, 128))" in msg
 
 
 def test_unrecognised_and_missing_files(tmp_path):
@@ -199,7 +220,7 @@ def test_num_frames_interpolates_mit_positions(tmp_path):
     with pytest.warns(UserWarning, match="interpolated from 4 to 7 frames"):
         m7 = xclip.load_pretrained(tmp_path / "x.pth", num_frames=7)
     pos4, pos7 = m.mit.positional_embedding.detach(), m7.mit.positional_embedding.detach()
-    assert pos7.shape == (1, 7, 32)
+    assert pos7.shape == (1, 7, 128)
     torch.testing.assert_close(pos7[:, 0], pos4[:, 0])
     torch.testing.assert_close(pos7[:, -1], pos4[:, -1])
     torch.testing.assert_close(pos7[:, 2], pos4[:, 1])  # new frame j sits at old position j * 3 / 6
@@ -212,7 +233,7 @@ def test_num_frames_interpolates_mit_positions(tmp_path):
 
 def _clip_state_dict(seed=0):
     """A tiny CLIP in the OpenAI key layout: the two towers of an X-CLIP without messages, MIT or prompts."""
-    m = tiny(num_frames=1, cross_frame=False, seed=seed, transformer_heads=1)
+    m = official_tiny(num_frames=1, cross_frame=False, seed=seed)  # CLIP files carry no head counts either
     sd = {k: v for k, v in m.state_dict().items() if not k.startswith(("prompts_",))}
     assert "visual.transformer.resblocks.0.attn.in_proj_weight" in sd and "token_embedding.weight" in sd
     return m, sd
@@ -233,7 +254,7 @@ def test_openai_clip_state_dict(tmp_path):
     src, sd = _clip_state_dict()
     torch.save(sd, tmp_path / "clip.pt")
     x = xclip.load_pretrained(tmp_path / "clip.pt").set_attn_backend("torch").eval()
-    assert x.config.num_frames == 8 and x.config.cross_frame and x.config.vision_width == 64
+    assert x.config.num_frames == 8 and x.config.cross_frame and x.config.vision_width == 128
     _check_from_clip(x, src, sd)
     sd2 = dict(sd)
     sd2["visual.proj"] = torch.zeros(64, 31)

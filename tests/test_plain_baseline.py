@@ -1,30 +1,22 @@
-"""The plain-PyTorch baseline (benchmarks/plain_xclip.py) computes what our model computes.
+"""The plain official-style reference model (xclip.model.reference) computes what our model computes.
 
 It loads our model's weights unchanged (official key layout) and gives the
-same logits, features and gradients in float32, so the speed comparison in
-``xclip bench`` is between two implementations of one function.
+same logits, features and gradients in float32, so it can serve as the tests'
+oracle and the speed comparison in ``xclip bench`` is between two
+implementations of one function.
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import xclip
-from xclip.bench import TINY_ARCH, load_plain_module
-
-plain_xclip = load_plain_module()
-PlainXCLIP = plain_xclip.PlainXCLIP
-
-
-def _heads(cfg) -> dict:
-    return dict(
-        vision_heads=cfg.vision_num_heads,
-        text_heads=cfg.transformer_heads,
-        mit_heads=cfg.mit_num_heads,
-        prompt_heads=cfg.prompt_num_heads,
-    )
+from xclip.apps.bench import TINY_ARCH
+from xclip.model.reference import PlainConfig, PlainXCLIP
 
 
 def _pair(seed: int, frames: int = 4, **overrides):
@@ -34,7 +26,7 @@ def _pair(seed: int, frames: int = 4, **overrides):
     with torch.no_grad():
         for p in ours.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    plain = PlainXCLIP.from_state_dict(ours.state_dict(), **_heads(ours.config))
+    plain = PlainXCLIP.from_state_dict(ours.state_dict(), config=ours.config)
     return ours.eval(), plain.eval()
 
 
@@ -54,7 +46,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     [
         (0, 4, 2, 5, {}),
         (1, 3, 1, 1, dict(mit_layers=2, prompt_layers=1)),
-        (2, 8, 3, 7, dict(vision_heads=1, mit_heads=4, prompt_heads=1, prompt_layers=3)),
+        (2, 8, 3, 7, dict(vision_heads=4, mit_heads=4, prompt_heads=4, prompt_layers=3, mlp_ratio=2)),
     ],
 )
 def test_same_logits_as_our_model(seed, frames, batch, classes, overrides):
@@ -126,7 +118,8 @@ def test_full_size_architectures_match(arch):
     assert set(a) == set(b)
     assert all(a[k].shape == b[k].shape for k in a)
     # the named-arch constructor agrees with the inferred one
-    assert plain_xclip.ARCHS[arch]["vision_heads"] == cfg.vision_heads
+    with torch.device("meta"):
+        assert PlainXCLIP.from_arch(arch, num_frames=16).config == cfg
 
 
 def test_bad_inputs_raise_value_error():
@@ -143,3 +136,43 @@ def test_bad_inputs_raise_value_error():
         PlainXCLIP.from_arch("ViT-H/99")
     with pytest.raises(ValueError, match="overrides"):
         PlainXCLIP.config_from_state_dict(plain.state_dict(), heads=3)
+    with pytest.raises(ValueError, match="cross_frame"):
+        PlainConfig.from_xclip_config(xclip.XCLIPConfig(**{**TINY_ARCH, "cross_frame": False}))
+
+
+def test_independent_of_our_attention_ops():
+    """The oracle must not run the code it checks: no xclip_kernels op is called in its forward."""
+    import inspect
+
+    import xclip.model.reference as reference
+    import xclip_kernels as xk
+    import xclip_kernels.nn as xk_nn
+
+    imports = re.findall(r"^\s*(?:from|import)\s+(\S+)", inspect.getsource(reference), re.M)
+    assert not [m for m in imports if m.startswith(("xclip_kernels", ".model", "xclip.model.model"))], imports
+
+    ours, plain = _pair(6)
+    video, tokens = _inputs(ours.config, 1, 4, 2, 6)
+    names = ("cross_frame_attn", "intra_frame_attn", "prompt_cross_attn")
+    homes = (xk, xk_nn)  # the public functions, and the names the drop-in modules imported
+    saved = {(h, n): getattr(h, n) for h in homes for n in names if hasattr(h, n)}
+    calls = []
+    try:
+        for (h, n), f in saved.items():
+            setattr(h, n, lambda *a, n=n, f=f, **k: (calls.append(n), f(*a, **k))[1])
+        with torch.no_grad():
+            plain(video, tokens)
+        assert calls == []
+        with torch.no_grad():
+            ours(video, tokens)  # the probe works: our model does call them
+        assert set(calls) == set(names)
+    finally:
+        for (h, n), f in saved.items():
+            setattr(h, n, f)
+
+
+def test_old_loader_name_is_a_deprecated_alias():
+    from xclip.apps import bench
+
+    with pytest.warns(DeprecationWarning, match="xclip.model.reference"):
+        assert bench.load_plain_module().PlainXCLIP is PlainXCLIP

@@ -4,15 +4,11 @@ transformers is not needed to read or write the format: ``config.json`` is
 plain JSON and the weights are safetensors (or ``pytorch_model.bin`` read with
 ``torch.load(weights_only=True)``).
 
-Key correspondence (official -> Hugging Face), blocks ``B.{i}.`` being
-``visual.transformer.resblocks`` -> ``vision_model.encoder.layers``,
-``transformer.resblocks`` -> ``text_model.encoder.layers`` and
-``mit.resblocks`` -> ``mit.encoder.layers``:
-``attn.in_proj_{weight,bias}`` -> ``self_attn.{q,k,v}_proj.*`` (split in three),
-``attn.out_proj`` -> ``self_attn.out_proj``, ``message_attn.in_proj_*`` ->
-``message_attn.{q,k,v}_proj.*``, ``ln_1/ln_2`` -> ``layer_norm1/2``,
-``mlp.c_fc/c_proj`` -> ``mlp.fc1/fc2``; ``visual.proj`` and ``text_projection``
-are stored transposed as ``visual_projection.weight`` / ``text_projection.weight``.
+The key correspondence is one flat table, ``KEY_TABLE`` (official name
+pattern, Hugging Face name pattern, kind), read in both directions: the packed
+``in_proj_{weight,bias}`` of ``nn.MultiheadAttention`` are three ``{q,k,v}_proj``
+tensors in Hugging Face's layout, and ``visual.proj`` / ``text_projection`` are
+stored transposed as ``visual_projection.weight`` / ``text_projection.weight``.
 """
 
 from __future__ import annotations
@@ -27,53 +23,76 @@ from torch import Tensor
 from .config import XCLIPConfig
 
 __all__ = ["config_to_hf", "config_from_hf", "to_hf_state_dict", "from_hf_state_dict", "save_pretrained",
-           "read_hf_directory"]
+           "read_hf_directory", "KEY_TABLE"]
 
-_BLOCK_PREFIXES = (
-    ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
-    ("transformer.resblocks.", "text_model.encoder.layers."),
-    ("mit.resblocks.", "mit.encoder.layers."),
+# The key correspondence, both directions: one row per official tensor name pattern. Placeholders: {i} a block
+# index, {p} "weight" or "bias", {rest} any remaining key, {qkv} one of q / k / v. Kinds: SAME (one tensor, same
+# values), TRANSPOSED (stored transposed), QKV (the official packed in_proj_* is three HF tensors, split along dim 0).
+SAME, TRANSPOSED, QKV = "same", "transposed", "qkv"
+_V, _VH = "visual.transformer.resblocks.{i}.", "vision_model.encoder.layers.{i}."
+_T, _TH = "transformer.resblocks.{i}.", "text_model.encoder.layers.{i}."
+_M, _MH = "mit.resblocks.{i}.", "mit.encoder.layers.{i}."
+KEY_TABLE: tuple[tuple[str, str, str], ...] = (
+    # official                               Hugging Face                                         kind
+    ("visual.conv1.weight",                  "vision_model.embeddings.patch_embedding.weight",    SAME),
+    ("visual.class_embedding",               "vision_model.embeddings.class_embedding",           SAME),
+    ("visual.positional_embedding",          "vision_model.embeddings.position_embedding.weight", SAME),
+    ("visual.ln_pre.{p}",                    "vision_model.pre_layernorm.{p}",                    SAME),
+    ("visual.ln_post.{p}",                   "vision_model.post_layernorm.{p}",                   SAME),
+    ("visual.proj",                          "visual_projection.weight",                          TRANSPOSED),
+    (_V + "attn.in_proj_{p}",                _VH + "self_attn.{qkv}_proj.{p}",                    QKV),
+    (_V + "attn.out_proj.{p}",               _VH + "self_attn.out_proj.{p}",                      SAME),
+    (_V + "message_attn.in_proj_{p}",        _VH + "message_attn.{qkv}_proj.{p}",                 QKV),
+    (_V + "message_attn.out_proj.{p}",       _VH + "message_attn.out_proj.{p}",                   SAME),
+    (_V + "message_fc.{p}",                  _VH + "message_fc.{p}",                              SAME),
+    (_V + "message_ln.{p}",                  _VH + "message_ln.{p}",                              SAME),
+    (_V + "ln_1.{p}",                        _VH + "layer_norm1.{p}",                             SAME),
+    (_V + "ln_2.{p}",                        _VH + "layer_norm2.{p}",                             SAME),
+    (_V + "mlp.c_fc.{p}",                    _VH + "mlp.fc1.{p}",                                 SAME),
+    (_V + "mlp.c_proj.{p}",                  _VH + "mlp.fc2.{p}",                                 SAME),
+    ("token_embedding.weight",               "text_model.embeddings.token_embedding.weight",      SAME),
+    ("positional_embedding",                 "text_model.embeddings.position_embedding.weight",   SAME),
+    (_T + "attn.in_proj_{p}",                _TH + "self_attn.{qkv}_proj.{p}",                    QKV),
+    (_T + "attn.out_proj.{p}",               _TH + "self_attn.out_proj.{p}",                      SAME),
+    (_T + "ln_1.{p}",                        _TH + "layer_norm1.{p}",                             SAME),
+    (_T + "ln_2.{p}",                        _TH + "layer_norm2.{p}",                             SAME),
+    (_T + "mlp.c_fc.{p}",                    _TH + "mlp.fc1.{p}",                                 SAME),
+    (_T + "mlp.c_proj.{p}",                  _TH + "mlp.fc2.{p}",                                 SAME),
+    ("ln_final.{p}",                         "text_model.final_layer_norm.{p}",                   SAME),
+    ("text_projection",                      "text_projection.weight",                            TRANSPOSED),
+    ("logit_scale",                          "logit_scale",                                       SAME),
+    ("mit.positional_embedding",             "mit.position_embedding",                            SAME),
+    (_M + "attn.in_proj_{p}",                _MH + "self_attn.{qkv}_proj.{p}",                    QKV),
+    (_M + "attn.out_proj.{p}",               _MH + "self_attn.out_proj.{p}",                      SAME),
+    (_M + "ln_1.{p}",                        _MH + "layer_norm1.{p}",                             SAME),
+    (_M + "ln_2.{p}",                        _MH + "layer_norm2.{p}",                             SAME),
+    (_M + "mlp.c_fc.{p}",                    _MH + "mlp.fc1.{p}",                                 SAME),
+    (_M + "mlp.c_proj.{p}",                  _MH + "mlp.fc2.{p}",                                 SAME),
+    ("prompts_visual_ln.{p}",                "prompts_visual_layernorm.{p}",                      SAME),
+    ("prompts_visual_proj",                  "prompts_visual_projection",                         SAME),
+    ("prompts_generator.norm.{p}",           "prompts_generator.layernorm.{p}",                   SAME),
+    ("prompts_generator.decoder.{rest}",     "prompts_generator.decoder.{rest}",                  SAME),
+    ("prompts_generator.alpha",              "prompts_generator.alpha",                           SAME),
 )
-_BLOCK_SUFFIXES = (  # (official, hf), excluding the packed in_proj
-    ("attn.out_proj.", "self_attn.out_proj."),
-    ("message_attn.out_proj.", "message_attn.out_proj."),
-    ("ln_1.", "layer_norm1."),
-    ("ln_2.", "layer_norm2."),
-    ("mlp.c_fc.", "mlp.fc1."),
-    ("mlp.c_proj.", "mlp.fc2."),
-    ("message_fc.", "message_fc."),
-    ("message_ln.", "message_ln."),
-)
-_PACKED = (("attn.", "self_attn."), ("message_attn.", "message_attn."))
-_TOP = (  # (official, hf) exact names or prefixes ending in "."
-    ("visual.conv1.weight", "vision_model.embeddings.patch_embedding.weight"),
-    ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
-    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight"),
-    ("visual.ln_pre.", "vision_model.pre_layernorm."),
-    ("visual.ln_post.", "vision_model.post_layernorm."),
-    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
-    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
-    ("ln_final.", "text_model.final_layer_norm."),
-    ("logit_scale", "logit_scale"),
-    ("prompts_visual_ln.", "prompts_visual_layernorm."),
-    ("prompts_visual_proj", "prompts_visual_projection"),
-    ("mit.positional_embedding", "mit.position_embedding"),
-    ("prompts_generator.norm.", "prompts_generator.layernorm."),
-    ("prompts_generator.decoder.", "prompts_generator.decoder."),
-    ("prompts_generator.alpha", "prompts_generator.alpha"),
-)
-_TRANSPOSED = (("visual.proj", "visual_projection.weight"), ("text_projection", "text_projection.weight"))
+_SLOTS = {"i": r"\d+", "p": "weight|bias", "rest": ".+", "qkv": "[qkv]"}
 
 
-def _map_top(key: str, table, src: int) -> str | None:
-    for pair in table:
-        a, b = pair[src], pair[1 - src]
-        if a.endswith("."):
-            if key.startswith(a):
-                return b + key[len(a):]
-        elif key == a:
-            return b
-    return None
+def _pattern(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, slot, literal, slot, ...
+    rx = "".join(re.escape(s) if k % 2 == 0 else f"(?P<{s}>{_SLOTS[s]})" for k, s in enumerate(parts))
+    return re.compile(rx)
+
+
+_ROWS = [(_pattern(official), _pattern(hf), official, hf, kind) for official, hf, kind in KEY_TABLE]
+
+
+def _lookup(key: str, side: int):
+    """``(row, slot values)`` of the table row whose official (side 0) or HF (side 1) pattern is ``key``."""
+    for row in _ROWS:
+        m = row[side].fullmatch(key)
+        if m:
+            return row, m.groupdict()
+    return None, None
 
 
 def to_hf_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -81,35 +100,14 @@ def to_hf_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     unknown = []
     for key, t in sd.items():
-        for off, (official, hf) in enumerate(_TRANSPOSED):
-            if key == official:
-                out[hf] = t.t().contiguous()
-                break
+        row, slots = _lookup(key, 0)
+        if row is None:
+            unknown.append(key)
+        elif row[4] == QKV:
+            for name, part in zip("qkv", t.chunk(3, dim=0)):
+                out[row[3].format(**slots, qkv=name)] = part.contiguous()
         else:
-            for bo, bh in _BLOCK_PREFIXES:
-                m = re.match(re.escape(bo) + r"(\d+)\.(.*)$", key)
-                if m:
-                    i, rest = m.group(1), m.group(2)
-                    pre = f"{bh}{i}."
-                    for po, ph in _PACKED:
-                        if rest in (po + "in_proj_weight", po + "in_proj_bias"):
-                            kind = "weight" if rest.endswith("weight") else "bias"
-                            for name, part in zip("qkv", t.chunk(3, dim=0)):
-                                out[f"{pre}{ph}{name}_proj.{kind}"] = part.contiguous()
-                            break
-                    else:
-                        new = _map_top(rest, _BLOCK_SUFFIXES, 0)
-                        if new is None:
-                            unknown.append(key)
-                        else:
-                            out[pre + new] = t
-                    break
-            else:
-                new = _map_top(key, _TOP, 0)
-                if new is None:
-                    unknown.append(key)
-                else:
-                    out[new] = t
+            out[row[3].format(**slots)] = t.t().contiguous() if row[4] == TRANSPOSED else t
     if unknown:
         raise ValueError(f"cannot map these official-layout keys to the Hugging Face layout: {unknown}")
     return out
@@ -123,33 +121,14 @@ def from_hf_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     for key, t in sd.items():
         if key.endswith("position_ids"):  # non-persistent buffer in some transformers versions
             continue
-        for official, hf in _TRANSPOSED:
-            if key == hf:
-                out[official] = t.t().contiguous()
-                break
+        row, slots = _lookup(key, 1)
+        if row is None:
+            unknown.append(key)
+        elif row[4] == QKV:
+            part = slots.pop("qkv")
+            packed.setdefault(row[2].format(**slots), {})[part] = t
         else:
-            for bo, bh in _BLOCK_PREFIXES:
-                m = re.match(re.escape(bh) + r"(\d+)\.(.*)$", key)
-                if m:
-                    i, rest = m.group(1), m.group(2)
-                    pre = f"{bo}{i}."
-                    pm = re.match(r"(self_attn|message_attn)\.([qkv])_proj\.(weight|bias)$", rest)
-                    if pm:
-                        po = "attn." if pm.group(1) == "self_attn" else "message_attn."
-                        packed.setdefault(f"{pre}{po}in_proj_{pm.group(3)}", {})[pm.group(2)] = t
-                    else:
-                        new = _map_top(rest, _BLOCK_SUFFIXES, 1)
-                        if new is None:
-                            unknown.append(key)
-                        else:
-                            out[pre + new] = t
-                    break
-            else:
-                new = _map_top(key, _TOP, 1)
-                if new is None:
-                    unknown.append(key)
-                else:
-                    out[new] = t
+            out[row[2].format(**slots)] = t.t().contiguous() if row[4] == TRANSPOSED else t
     for key, parts in packed.items():
         if set(parts) != set("qkv"):
             unknown.append(f"{key} (has only {sorted(parts)} of q/k/v)")

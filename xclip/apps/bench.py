@@ -5,7 +5,7 @@ Contenders, all loaded from one set of random weights:
 - ``ours[<backend>]``: this project's model, once per usable attention
   backend (``model.set_attn_backend``);
 - ``plain``: the same architecture in plain PyTorch computed as the official
-  code does (``benchmarks/plain_xclip.py``: nn.MultiheadAttention, message
+  code does (:mod:`xclip.model.reference`: nn.MultiheadAttention, message
   token concatenated);
 - ``hf``: transformers' ``XCLIPModel`` loaded from ``model.save_pretrained``
   with its best attention implementation (flash_attention_2 when installed,
@@ -18,8 +18,11 @@ default ``FIX_TEXT``) and peak memory; ratios against ``plain`` and ``hf``;
 model FLOP utilisation = (model FLOPs counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on our model) / time / (matrix
 multiply rate measured on the same device in the same run, in the run's
-dtype). Each contender's logits are compared with the plain model in float32
-on the same input, so a fast wrong path shows up in the table.
+dtype). Each contender's logits are compared with the reference model
+(:mod:`xclip.model.reference`; float64 on the CPU, float32 on a GPU) on the
+same input, so a fast wrong path shows up in the table; the ``plain`` row's
+error is then the rounding error of the official computation in the run's
+dtype, the yardstick for the others (which should stay within about twice it).
 
 Precision: inference casts the weights to ``--dtype``; training keeps float32
 weights under ``torch.autocast(--dtype)`` (the official recipe is mixed
@@ -40,7 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import importlib.util
+import itertools
 import json
 import math
 import os
@@ -58,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["main", "BenchSettings", "run", "load_plain_module", "build_contenders", "TINY_ARCH"]
+__all__ = ["main", "BenchSettings", "run", "build_contenders", "TINY_ARCH"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 CONTENDERS = ("ours", "plain", "hf")
@@ -149,18 +152,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_plain_module():
-    """Import ``benchmarks/plain_xclip.py`` from the repository (it is not part of the installed package)."""
-    mod = sys.modules.get("plain_xclip")
-    if mod is not None and hasattr(mod, "PlainXCLIP"):
-        return mod
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "plain_xclip.py"
-    if not path.is_file():
-        raise ImportError(f"the plain-PyTorch baseline is not here ({path}); run from a repository checkout")
-    spec = importlib.util.spec_from_file_location("plain_xclip", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["plain_xclip"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    """Deprecated: the plain model is :mod:`xclip.model.reference` (it was read from ``benchmarks/plain_xclip.py``)."""
+    import warnings
+
+    import xclip.model.reference as reference
+
+    warnings.warn("xclip bench: load_plain_module() is deprecated; import xclip.model.reference", DeprecationWarning,
+                  stacklevel=2)
+    return reference
 
 
 def _is_text_param(name: str) -> bool:
@@ -214,20 +213,15 @@ def _ours_contender(model: nn.Module, backend: str) -> Contender:
     return Contender(f"ours[{backend}]", model, text_features, video_logits, _is_text_param, {"backend": backend})
 
 
-def _plain_model(state_dict: dict, cfg):
+def plain_model(state_dict: dict, cfg) -> nn.Module:
     """The plain-PyTorch official-style model on ``state_dict``, with ``cfg``'s head counts and LayerNorm eps."""
-    return load_plain_module().PlainXCLIP.from_state_dict(
-        state_dict,
-        vision_heads=cfg.vision_num_heads,
-        text_heads=cfg.transformer_heads,
-        mit_heads=cfg.mit_num_heads,
-        prompt_heads=cfg.prompt_num_heads,
-        layer_norm_eps=cfg.layer_norm_eps,
-    )
+    from xclip.model.reference import PlainXCLIP
+
+    return PlainXCLIP.from_state_dict(state_dict, config=cfg)
 
 
 def _plain_contender(state_dict: dict, cfg) -> Contender:
-    model = _plain_model(state_dict, cfg)
+    model = plain_model(state_dict, cfg)
     return Contender("plain", model, model.encode_text, model.logits_from_video, _is_text_param)
 
 
@@ -503,9 +497,9 @@ def bench_training(c: Contender, s: BenchSettings, device, dtype, video, tokens,
         scaler.update()
         return loss
 
-    first = step()  # compiles, allocates optimiser state
-    if not torch.isfinite(first.detach()).item():
-        raise FloatingPointError(f"{c.name}: training loss is {first.item()}")
+    first = float(step().detach())  # compiles, allocates optimiser state; the loss before any update
+    if not math.isfinite(first):
+        raise FloatingPointError(f"{c.name}: training loss is {first}")
     with _PeakMemory(device) as mem:
         times = time_calls(step, s.warmup, s.train_iters, device)
     t = statistics.median(times)
@@ -515,6 +509,7 @@ def bench_training(c: Contender, s: BenchSettings, device, dtype, video, tokens,
         train_peak_bytes=mem.peak,
         train_precision="float32" if dtype == torch.float32 else ("pure" if pure else "amp"),
         trainable_params=sum(p.numel() for p in params),
+        train_loss_first=first,
     )
     opt.zero_grad(set_to_none=True)
     del opt, params, module
@@ -601,25 +596,48 @@ def _fresh_ours(s: BenchSettings, state: dict) -> nn.Module:
     return m
 
 
-def _rel_err(a: Tensor, ref: Tensor) -> float:
+def rel_err(a: Tensor, ref: Tensor) -> float:
     a, ref = a.double().cpu(), ref.double().cpu()
     if not torch.isfinite(a).all():
         return float("nan")
     return float((a - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
-def run_config(s: BenchSettings, out_dir: Path, console=None) -> list[dict]:
-    """Every contender on one (arch, frames, batch, dtype, mode); returns one record per contender."""
-    s.validate()
-    device = resolve_device(s.device)
+def _append_jsonl(out_dir: Path, rec: dict) -> None:
+    """Append one record to ``results.jsonl`` (as it finishes: a run cut short keeps what it measured)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.jsonl", "a") as f:
+        f.write(json.dumps(_jsonable(rec)) + "\n")
+
+
+def reference_dtype(device: torch.device) -> torch.dtype:
+    """The reference model's dtype: float64 on the CPU (the oracle), float32 on a GPU (float64 is slow on most)."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def reference_outputs(state: dict, cfg, video: Tensor, tokens: Tensor, labels: Tensor,
+                      device: torch.device) -> tuple[Tensor, float]:
+    """Logits (on the CPU) and cross-entropy loss of the reference model (:mod:`xclip.model.reference`)."""
+    dtype = reference_dtype(device)
+    ref = plain_model(state, cfg).to(device=device, dtype=dtype).eval()
+    with torch.inference_mode():
+        logits = ref.logits_from_video(video.to(dtype), ref.encode_text(tokens))
+        loss = float(F.cross_entropy(logits, labels))
+    del ref
+    return logits.cpu(), loss
+
+
+def _run_dtype(s: BenchSettings, device: torch.device, console) -> torch.dtype:
     if s.cuda_graphs and device.type != "cuda":
         raise ValueError("--cuda-graphs needs a CUDA device")
-    dtype = DTYPES[s.dtype] if device.type == "cuda" else torch.float32
     if device.type == "cpu" and s.dtype != "fp32":
         _say(console, f"[yellow]CPU run: measuring in float32 instead of {s.dtype}[/]")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    env = _environment(device)
-    base = dict(
+    return DTYPES[s.dtype] if device.type == "cuda" else torch.float32
+
+
+def _base_record(s: BenchSettings, device: torch.device, dtype: torch.dtype) -> dict:
+    """The fields every record of one configuration shares."""
+    return dict(
         arch="tiny" if s.tiny else s.arch,
         frames=s.frames,
         batch=s.batch,
@@ -627,63 +645,71 @@ def run_config(s: BenchSettings, out_dir: Path, console=None) -> list[dict]:
         views=s.views,
         dtype=str(dtype).replace("torch.", ""),
         mode=("compile" if s.compile else "eager") + ("+cuda-graphs" if s.cuda_graphs and device.type == "cuda" else ""),
-        env=env,
+        env=_environment(device),
+        ref_dtype=str(reference_dtype(device)).replace("torch.", ""),
+        matmul_tflops=measure_matmul_tflops(device, dtype),
     )
-    matmul = measure_matmul_tflops(device, dtype)
-    base["matmul_tflops"] = matmul
+
+
+def _error_status(e: BaseException) -> str:
+    oom = isinstance(e, _oom_types()) or "out of memory" in str(e).lower()
+    return ("OOM: " if oom else f"error: {type(e).__name__}: ") + str(e).splitlines()[0][:300]
+
+
+def measure_contender(build: Callable[[], Contender], s: BenchSettings, device, dtype, inputs: tuple,
+                      base: dict, ref_logits: Tensor, out_dir: Path) -> dict:
+    """One contender's record: inference (and its error against the reference), profile, training step."""
+    video, tokens, labels = inputs
+    matmul = base["matmul_tflops"] * 1e12
+    c = build()
+    rec: dict[str, Any] = {**base, "contender": c.name, "status": "ok", **c.info}
+    if s.infer:
+        r, logits = bench_inference(c, s, device, dtype, video, tokens)
+        rec.update(r)
+        rec["max_rel_err_vs_ref"] = rel_err(logits, ref_logits)
+        rec["infer_mfu"] = base["flops_infer"] / rec["infer_s"] / matmul
+    if s.profile:
+        rec["profile"] = profile_contender(c, s, device, dtype, video, tokens, out_dir)
+    if s.train:
+        c = build()  # fresh float32 weights for training
+        rec.update(bench_training(c, s, device, dtype, video, tokens, labels))
+        rec["train_mfu"] = base["flops_train"] / rec["train_step_s"] / matmul
+    return rec
+
+
+def run_config(s: BenchSettings, out_dir: Path, console=None) -> list[dict]:
+    """Every contender on one (arch, frames, batch, dtype, mode); returns one record per contender."""
+    s.validate()
+    device = resolve_device(s.device)
+    dtype = _run_dtype(s, device, console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = _base_record(s, device, dtype)
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="xclip-bench-") as work:
         torch.manual_seed(s.seed)
         ours, cfg, state, builders, skipped = build_contenders(s, device, dtype, work)
-        video, tokens, labels = make_inputs(s, cfg, device)
-
-        # reference logits (plain model, float32) and model FLOPs (counted on our model)
-        ref_model = _plain_model(state, cfg).to(device).eval()
-        with torch.inference_mode():
-            ref_text = ref_model.encode_text(tokens)
-            ref_logits = ref_model.logits_from_video(video, ref_text).float().cpu()
-        del ref_model, ref_text
-        base["flops_infer"], base["flops_train"] = _model_flops(s)
-        base["flops_infer_analytic"] = analytic_infer_flops(cfg, s.batch, s.frames, s.classes)
+        inputs = make_inputs(s, cfg, device)
         del ours
+        ref_logits, base["ref_loss"] = reference_outputs(state, cfg, *inputs, device)
+        base["flops_infer"], base["flops_train"] = _model_flops(s)  # counted on our model
+        base["flops_infer_analytic"] = analytic_infer_flops(cfg, s.batch, s.frames, s.classes)
         _free(device)
-
-        for name, r in skipped.items():
-            rec = {**base, "contender": name, "status": f"skipped: {r}"}
-            records.append(rec)
-            with open(out_dir / "results.jsonl", "a") as f:
-                f.write(json.dumps(_jsonable(rec)) + "\n")
+        for name, why in skipped.items():
+            records.append({**base, "contender": name, "status": f"skipped: {why}"})
+            _append_jsonl(out_dir, records[-1])
         for name, build in builders:
-            rec: dict[str, Any] = {**base, "contender": name, "status": "ok"}
             try:
-                c = build()
-                rec["contender"] = c.name
-                rec.update(c.info)
-                if s.infer:
-                    r, logits = bench_inference(c, s, device, dtype, video, tokens)
-                    rec.update(r)
-                    rec["max_rel_err_vs_plain_fp32"] = _rel_err(logits, ref_logits)
-                    rec["infer_mfu"] = base["flops_infer"] / rec["infer_s"] / (matmul * 1e12)
-                if s.profile:
-                    rec["profile"] = profile_contender(c, s, device, dtype, video, tokens, out_dir)
-                if s.train:
-                    c = build()  # fresh float32 weights for training
-                    rec.update(bench_training(c, s, device, dtype, video, tokens, labels))
-                    rec["train_mfu"] = base["flops_train"] / rec["train_step_s"] / (matmul * 1e12)
+                rec = measure_contender(build, s, device, dtype, inputs, base, ref_logits, out_dir)
             except Exception as e:  # noqa: BLE001  (an OOM or a failing path is a result, not the end of the run)
                 if s.strict:
                     raise
-                oom = isinstance(e, _oom_types()) or "out of memory" in str(e).lower()
-                rec["status"] = ("OOM: " if oom else f"error: {type(e).__name__}: ") + str(e).splitlines()[0][:300]
-                rec["traceback"] = traceback.format_exc(limit=8)
+                rec = {**base, "contender": name, "status": _error_status(e), "traceback": traceback.format_exc(limit=8)}
             finally:
-                c = None
                 _free(device)
                 if s.compile:
                     torch._dynamo.reset()
             records.append(rec)
-            with open(out_dir / "results.jsonl", "a") as f:
-                f.write(json.dumps(_jsonable(rec)) + "\n")
+            _append_jsonl(out_dir, rec)
             _say(console, _escape(f"  {rec['contender']:<22} {rec['status']}"))
     _add_ratios(records)
     return records
@@ -811,7 +837,7 @@ COLUMNS = [
     ("train MFU", lambda r: _fmt(r.get("train_mfu"), ".1f", 100, "%")),
     ("train mem", lambda r: _mem(r.get("train_peak_bytes")) if r.get("status") == "ok" else "-"),
     ("mem / plain", lambda r: _fmt(r.get("train_mem_vs_plain"), ".2f", suffix="x")),
-    ("rel err", lambda r: _fmt(r.get("max_rel_err_vs_plain_fp32"), ".1e")),
+    ("rel err", lambda r: _fmt(r.get("max_rel_err_vs_ref", r.get("max_rel_err_vs_plain_fp32")), ".1e")),
     ("status", lambda r: r.get("status", "")),
 ]
 
@@ -842,7 +868,9 @@ def write_markdown(records: list[dict], path: Path) -> None:
         "Training: forward + backward + AdamW step, text frozen and cached. "
         "MFU: model FLOPs (FlopCounterMode on our model) / time / measured matmul rate. "
         "`x plain` / `x hf`: speed-up over that contender (>1 is faster). "
-        "rel err: max |logits - plain float32 logits| / max |plain logits|.",
+        "rel err: max |logits - reference logits| / max |reference logits|, the reference being the plain "
+        "official-style model (xclip.model.reference) in float64 on the CPU, float32 on a GPU; the plain row's "
+        "error is its own rounding error in the run's dtype, the yardstick for the others.",
         "",
         markdown_table(records),
         "",
@@ -959,31 +987,27 @@ def run(
     """Every combination of archs x frames x dtypes x modes; returns all records and writes the outputs."""
     out = Path(out_dir)
     records: list[dict] = []
-    for arch in archs or [settings.arch]:
-        for t in frames or [settings.frames]:
-            for d in dtypes or [settings.dtype]:
-                for m in modes or ["compile" if settings.compile else "eager"]:
-                    if m not in ("eager", "compile"):
-                        raise ValueError(f"--modes: expected 'eager' and/or 'compile', got {m!r}")
-                    s = dataclasses.replace(settings, arch=arch, frames=t, dtype=d, compile=(m == "compile"))
-                    _say(console, f"[bold]{_cfg_tag(s)}[/]")
-                    try:
-                        records += run_config(s, out, console)
-                    except ValueError:
-                        raise  # bad arguments: stop
-                    except Exception as e:  # noqa: BLE001  (e.g. out of memory building the reference: next config)
-                        if s.strict:
-                            raise
-                        rec = {"arch": arch, "frames": t, "batch": s.batch, "classes": s.classes, "views": s.views,
-                               "dtype": d, "mode": m, "contender": "(all)",
-                               "status": f"error: {type(e).__name__}: " + str(e).splitlines()[0][:300],
-                               "traceback": traceback.format_exc(limit=8)}
-                        records.append(rec)
-                        out.mkdir(parents=True, exist_ok=True)
-                        with open(out / "results.jsonl", "a") as f:
-                            f.write(json.dumps(_jsonable(rec)) + "\n")
-                        _say(console, _escape(f"  {rec['status']}"))
-                        _free(resolve_device(s.device))
+    grid = itertools.product(archs or [settings.arch], frames or [settings.frames], dtypes or [settings.dtype],
+                             modes or ["compile" if settings.compile else "eager"])
+    for arch, t, d, m in grid:
+        if m not in ("eager", "compile"):
+            raise ValueError(f"--modes: expected 'eager' and/or 'compile', got {m!r}")
+        s = dataclasses.replace(settings, arch=arch, frames=t, dtype=d, compile=(m == "compile"))
+        _say(console, f"[bold]{_cfg_tag(s)}[/]")
+        try:
+            records += run_config(s, out, console)
+        except ValueError:
+            raise  # bad arguments: stop
+        except Exception as e:  # noqa: BLE001  (e.g. out of memory building the reference: next config)
+            if s.strict:
+                raise
+            rec = {"arch": arch, "frames": t, "batch": s.batch, "classes": s.classes, "views": s.views, "dtype": d,
+                   "mode": m, "contender": "(all)", "status": _error_status(e),
+                   "traceback": traceback.format_exc(limit=8)}
+            records.append(rec)
+            _append_jsonl(out, rec)
+            _say(console, _escape(f"  {rec['status']}"))
+            _free(resolve_device(s.device))
     _add_ratios(records)
     write_outputs(records, out)
     return records

@@ -1,9 +1,9 @@
-"""X-CLIP written in plain PyTorch, computed the way the official code computes it.
+"""X-CLIP in plain PyTorch, computed the way the official code computes it: the oracle.
 
-This is the "plain PyTorch" contender of ``xclip bench``: the architecture of
-microsoft/VideoX X-CLIP (cross-frame communication transformer, multi-frame
-integration transformer, video-specific prompt generator) built from stock
-modules only:
+This module restates the architecture of microsoft/VideoX X-CLIP
+(cross-frame communication transformer, multi-frame integration transformer,
+video-specific prompt generator) with stock modules only, independently of
+:mod:`xclip.model.model` and of the attention ops of ``xclip_kernels``:
 
 - every attention is ``nn.MultiheadAttention`` on sequence-first tensors
   (``[L, N, C]``) except the prompt cross-attention, which (as in the
@@ -13,13 +13,15 @@ modules only:
   and throws the message token's own output away;
 - LayerNorm, QuickGELU and the residual adds are separate modules / ops.
 
-The parameter names equal the official state-dict layout, so the weights of
-``xclip``'s model (or an official checkpoint) load unchanged::
+It serves twice: as the tests' oracle (``tests/test_model.py`` and
+``tests/test_plain_baseline.py`` compare our model with it) and as the
+``plain`` contender of ``xclip bench`` (the baseline to beat; nothing here
+is tuned). Parameter names equal the official state-dict layout, so the
+weights of ``xclip``'s model, or of an official checkpoint, load unchanged::
 
-    plain = PlainXCLIP.from_state_dict(model.state_dict())
+    ref = PlainXCLIP.from_state_dict(model.state_dict(), config=model.config)
 
-Nothing here is tuned; it is the baseline to beat. Written from a reading of
-the official model (no code copied).
+Written from a reading of the official model (no code copied).
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PlainConfig", "PlainXCLIP", "ARCHS"]
+__all__ = ["PlainConfig", "PlainXCLIP"]
 
 
 @dataclass(frozen=True)
 class PlainConfig:
+    """The sizes of the reference model (head counts explicit: they cannot be read from weights)."""
+
     embed_dim: int = 512
     image_resolution: int = 224
     vision_layers: int = 12
@@ -55,36 +58,39 @@ class PlainConfig:
     prompt_layers: int = 2
     prompt_heads: int = 8
     prompt_alpha: float = 0.1
+    mlp_ratio: int = 4
     layer_norm_eps: float = 1e-5
 
     @property
     def grid(self) -> int:
         return self.image_resolution // self.vision_patch_size
 
-
-def _arch(embed, res, vlayers, vwidth, patch, twidth, tlayers) -> dict:
-    return dict(
-        embed_dim=embed,
-        image_resolution=res,
-        vision_layers=vlayers,
-        vision_width=vwidth,
-        vision_patch_size=patch,
-        vision_heads=vwidth // 64,
-        text_width=twidth,
-        text_heads=twidth // 64,
-        text_layers=tlayers,
-        mit_heads=embed // 64,
-        prompt_heads=embed // 64,
-    )
-
-
-# The CLIP backbones X-CLIP is built on (heads = width / 64 everywhere, as in the official code).
-ARCHS: dict[str, dict] = {
-    "ViT-B/32": _arch(512, 224, 12, 768, 32, 512, 12),
-    "ViT-B/16": _arch(512, 224, 12, 768, 16, 512, 12),
-    "ViT-L/14": _arch(768, 224, 24, 1024, 14, 768, 12),
-    "ViT-L/14@336": _arch(768, 336, 24, 1024, 14, 768, 12),
-}
+    @classmethod
+    def from_xclip_config(cls, cfg) -> "PlainConfig":
+        """The same sizes as an :class:`xclip.XCLIPConfig` (its resolved head counts)."""
+        if not getattr(cfg, "cross_frame", True):
+            raise ValueError("PlainXCLIP: the official architecture has cross-frame communication (cross_frame=False)")
+        return cls(
+            embed_dim=cfg.embed_dim,
+            image_resolution=cfg.image_resolution,
+            vision_layers=cfg.vision_layers,
+            vision_width=cfg.vision_width,
+            vision_patch_size=cfg.vision_patch_size,
+            vision_heads=cfg.vision_num_heads,
+            context_length=cfg.context_length,
+            vocab_size=cfg.vocab_size,
+            text_width=cfg.transformer_width,
+            text_heads=cfg.transformer_heads,
+            text_layers=cfg.transformer_layers,
+            num_frames=cfg.num_frames,
+            mit_layers=cfg.mit_layers,
+            mit_heads=cfg.mit_num_heads,
+            prompt_layers=cfg.prompt_layers,
+            prompt_heads=cfg.prompt_num_heads,
+            prompt_alpha=cfg.prompt_alpha,
+            mlp_ratio=cfg.mlp_ratio,
+            layer_norm_eps=cfg.layer_norm_eps,
+        )
 
 
 # --- building blocks ------------------------------------------------------------
@@ -95,23 +101,24 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
-def _mlp(width: int, names: bool = True) -> nn.Sequential:
+def _mlp(width: int, ratio: int, names: bool = True) -> nn.Sequential:
+    hidden = ratio * width
     if names:  # CLIP / CCT / MIT blocks: mlp.c_fc, mlp.c_proj
         return nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))])
+            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(hidden, width))])
         )
     # prompt generator: mlp.0, mlp.3 (a dropout sits at index 2)
-    return nn.Sequential(nn.Linear(width, 4 * width), QuickGELU(), nn.Dropout(0.0), nn.Linear(4 * width, width))
+    return nn.Sequential(nn.Linear(width, hidden), QuickGELU(), nn.Dropout(0.0), nn.Linear(hidden, width))
 
 
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block on sequence-first input (CLIP text tower, MIT)."""
 
-    def __init__(self, width: int, heads: int, eps: float) -> None:
+    def __init__(self, width: int, heads: int, ratio: int, eps: float) -> None:
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width, eps=eps)
-        self.mlp = _mlp(width)
+        self.mlp = _mlp(width, ratio)
         self.ln_2 = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -132,7 +139,7 @@ class CrossFrameBlock(nn.Module):
     over themselves plus their frame's message token (concatenated).
     """
 
-    def __init__(self, width: int, heads: int, num_frames: int, eps: float) -> None:
+    def __init__(self, width: int, heads: int, num_frames: int, ratio: int, eps: float) -> None:
         super().__init__()
         self.T = num_frames
         self.message_fc = nn.Linear(width, width)
@@ -140,7 +147,7 @@ class CrossFrameBlock(nn.Module):
         self.message_attn = nn.MultiheadAttention(width, heads)
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width, eps=eps)
-        self.mlp = _mlp(width)
+        self.mlp = _mlp(width, ratio)
         self.ln_2 = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -179,7 +186,7 @@ class VisionTower(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.grid**2 + 1, w))
         self.ln_pre = nn.LayerNorm(w, eps=cfg.layer_norm_eps)
         self.transformer = _Blocks(
-            [CrossFrameBlock(w, cfg.vision_heads, cfg.num_frames, cfg.layer_norm_eps) for _ in range(cfg.vision_layers)]
+            [CrossFrameBlock(w, cfg.vision_heads, cfg.num_frames, cfg.mlp_ratio, cfg.layer_norm_eps) for _ in range(cfg.vision_layers)]
         )
         self.ln_post = nn.LayerNorm(w, eps=cfg.layer_norm_eps)
         self.proj = nn.Parameter(torch.zeros(w, cfg.embed_dim))
@@ -205,7 +212,7 @@ class MultiframeIntegration(nn.Module):
         super().__init__()
         self.positional_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.embed_dim))
         self.resblocks = nn.Sequential(
-            *[ResidualAttentionBlock(cfg.embed_dim, cfg.mit_heads, cfg.layer_norm_eps) for _ in range(cfg.mit_layers)]
+            *[ResidualAttentionBlock(cfg.embed_dim, cfg.mit_heads, cfg.mlp_ratio, cfg.layer_norm_eps) for _ in range(cfg.mit_layers)]
         )
 
     def forward(self, x: Tensor) -> Tensor:  # [B, T, E] -> [B, E]
@@ -242,12 +249,12 @@ class PromptCrossAttention(nn.Module):
 
 
 class PromptLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, eps: float) -> None:
+    def __init__(self, dim: int, heads: int, ratio: int, eps: float) -> None:
         super().__init__()
         self.cross_attn = PromptCrossAttention(dim, heads)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = _mlp(dim, names=False)
+        self.mlp = _mlp(dim, ratio, names=False)
 
     def forward(self, text: Tensor, visual: Tensor) -> Tensor:
         t = self.norm1(text)
@@ -261,7 +268,7 @@ class VideoSpecificPrompt(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
         self.decoder = nn.ModuleList(
-            [PromptLayer(cfg.embed_dim, cfg.prompt_heads, cfg.layer_norm_eps) for _ in range(cfg.prompt_layers)]
+            [PromptLayer(cfg.embed_dim, cfg.prompt_heads, cfg.mlp_ratio, cfg.layer_norm_eps) for _ in range(cfg.prompt_layers)]
         )
         self.alpha = nn.Parameter(torch.full((cfg.embed_dim,), float(cfg.prompt_alpha)))
 
@@ -288,7 +295,8 @@ class PlainXCLIP(nn.Module):
         self.config = cfg
         self.visual = VisionTower(cfg)
         self.transformer = _Blocks(
-            [ResidualAttentionBlock(cfg.text_width, cfg.text_heads, cfg.layer_norm_eps) for _ in range(cfg.text_layers)]
+            [ResidualAttentionBlock(cfg.text_width, cfg.text_heads, cfg.mlp_ratio, cfg.layer_norm_eps)
+             for _ in range(cfg.text_layers)]
         )
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.text_width))
@@ -306,22 +314,27 @@ class PlainXCLIP(nn.Module):
 
     @classmethod
     def from_arch(cls, arch: str, num_frames: int = 8, **overrides) -> "PlainXCLIP":
-        """A randomly initialised model of a named CLIP backbone ("ViT-B/16", ...)."""
+        """A randomly initialised model of a named CLIP backbone ("ViT-B/16", ...), heads = width / 64."""
+        from .config import ARCHS, arch_config
+
         if arch not in ARCHS:
             raise ValueError(f"PlainXCLIP.from_arch: unknown arch {arch!r}; expected one of {list(ARCHS)}")
-        model = cls(PlainConfig(**{**ARCHS[arch], "num_frames": num_frames, **overrides}))
+        cfg = PlainConfig.from_xclip_config(arch_config(arch, num_frames=num_frames))
+        model = cls(_replace(cfg, overrides))
         model.init_random()
         return model
 
     @staticmethod
-    def config_from_state_dict(state_dict: dict, **overrides) -> PlainConfig:
-        """Infer the architecture from official-layout weights.
+    def config_from_state_dict(state_dict: dict, config=None, **overrides) -> PlainConfig:
+        """The architecture official-layout weights describe.
 
-        Head counts cannot be read from weights: they default to width / 64
-        (the official rule) unless given in ``overrides``.
+        Head counts cannot be read from weights: they come from ``config`` (an
+        :class:`xclip.XCLIPConfig`) when given, else width / 64 (the official
+        rule); ``overrides`` (``PlainConfig`` fields) win over both.
         """
         sd = state_dict
-        need = ("visual.conv1.weight", "visual.positional_embedding", "text_projection", "mit.positional_embedding")
+        need = ("visual.conv1.weight", "visual.positional_embedding", "text_projection", "mit.positional_embedding",
+                "ln_final.weight", "visual.transformer.resblocks.0.mlp.c_fc.weight")
         missing = [k for k in need if k not in sd]
         if missing:
             raise ValueError(f"PlainXCLIP: state dict is not in the official X-CLIP layout (missing {missing})")
@@ -330,11 +343,9 @@ class PlainXCLIP(nn.Module):
             rx = re.compile(pattern)
             return len({m.group(1) for k in sd for m in [rx.match(k)] if m})
 
-        vw = sd["visual.conv1.weight"].shape[0]
-        patch = sd["visual.conv1.weight"].shape[-1]
+        vw, patch = sd["visual.conv1.weight"].shape[0], sd["visual.conv1.weight"].shape[-1]
         grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
-        embed = sd["text_projection"].shape[1]
-        tw = sd["ln_final.weight"].shape[0]
+        embed, tw = sd["text_projection"].shape[1], sd["ln_final.weight"].shape[0]
         kw = dict(
             embed_dim=embed,
             image_resolution=grid * patch,
@@ -352,20 +363,28 @@ class PlainXCLIP(nn.Module):
             mit_heads=max(1, embed // 64),
             prompt_layers=count(r"prompts_generator\.decoder\.(\d+)\."),
             prompt_heads=max(1, embed // 64),
+            mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] // vw,
         )
-        unknown = set(overrides) - {f.name for f in fields(PlainConfig)}
-        if unknown:
-            raise ValueError(f"PlainXCLIP: unknown config overrides {sorted(unknown)}")
-        kw.update(overrides)
-        return PlainConfig(**kw)
+        if config is not None:
+            given = PlainConfig.from_xclip_config(config)
+            kw.update({k: getattr(given, k) for k in ("vision_heads", "text_heads", "mit_heads", "prompt_heads",
+                                                       "layer_norm_eps")})
+        return _replace(PlainConfig(**kw), overrides)
 
     @classmethod
-    def from_state_dict(cls, state_dict: dict, strict: bool = True, **overrides) -> "PlainXCLIP":
+    def from_state_dict(cls, state_dict: dict, config=None, strict: bool = True, **overrides) -> "PlainXCLIP":
         """Build the architecture the weights describe and load them (official key layout)."""
-        model = cls(cls.config_from_state_dict(state_dict, **overrides))
+        model = cls(cls.config_from_state_dict(state_dict, config, **overrides))
         sd = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
         model.load_state_dict(sd, strict=strict)
         return model
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "PlainXCLIP":
+        """The reference computation on a copy of an ``xclip.XCLIP``'s weights, with its head counts."""
+        sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ref = cls.from_state_dict(sd, config=model.config)
+        return ref.to(dtype=next(model.parameters()).dtype)
 
     @torch.no_grad()
     def init_random(self, seed: int | None = None) -> None:
@@ -384,12 +403,10 @@ class PlainXCLIP(nn.Module):
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
                 p.zero_()
-            elif name in ("visual.class_embedding", "visual.positional_embedding", "visual.proj"):
+            elif name in ("visual.class_embedding", "visual.positional_embedding", "visual.proj", "prompts_visual_proj"):
                 normal_(p, self.config.vision_width**-0.5)
             elif name == "text_projection":
                 normal_(p, self.config.text_width**-0.5)
-            elif name == "prompts_visual_proj":
-                normal_(p, self.config.vision_width**-0.5)
             else:
                 normal_(p, 0.02)
 
@@ -399,9 +416,9 @@ class PlainXCLIP(nn.Module):
         """``[K, L]`` token ids -> ``[K, E]`` (features of the end-of-text token, the max id)."""
         if tokens.dim() != 2:
             raise ValueError(f"PlainXCLIP.encode_text: tokens must be [K, L], got shape {tuple(tokens.shape)}")
-        x = self.token_embedding(tokens) + self.positional_embedding.to(self.token_embedding.weight.dtype)
+        L = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positional_embedding[:L].to(self.token_embedding.weight.dtype)
         x = x.permute(1, 0, 2)
-        L = x.shape[0]
         mask = self.attn_mask[:L, :L]
         for blk in self.transformer.resblocks:
             x = blk(x, attn_mask=mask)
@@ -440,3 +457,10 @@ class PlainXCLIP(nn.Module):
     def text_parameter_names(self) -> list[str]:
         """The parameters the official recipe freezes (FIX_TEXT): everything not visual / mit / prompts."""
         return [n for n, _ in self.named_parameters() if not ("visual." in n or "mit" in n or "prompts" in n)]
+
+
+def _replace(cfg: PlainConfig, overrides: dict) -> PlainConfig:
+    unknown = set(overrides) - {f.name for f in fields(PlainConfig)}
+    if unknown:
+        raise ValueError(f"PlainXCLIP: unknown config overrides {sorted(unknown)}")
+    return PlainConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(PlainConfig)}, **overrides})
