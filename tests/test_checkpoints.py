@@ -300,4 +300,4 @@ def test_convert_cli_roundtrip(tmp_path, capsys):
     assert set(back["model"]) == set(m.state_dict())
     for k, val in m.state_dict().items():
         torch.testing.assert_close(back["model"][k], val, rtol=0, atol=0, msg=k)
-    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o"), "--to", "hf"]) == 1
+    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o"), "--to", "hf"]) == 2
