@@ -282,6 +282,22 @@ def test_openai_clip_torchscript_archive(tmp_path):
     _check_from_clip(x, src, sd)
 
 
+def test_openai_clip_traced_archive_and_what_is_read(tmp_path):
+    """A traced archive reads too; its TorchScript code is never compiled (the weights come from data.pkl)."""
+    from xclip.model.checkpoints import load_checkpoint_file
+
+    src, sd = _clip_state_dict(seed=6)
+    extras = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(16), "vocab_size": torch.tensor(500)}
+    traced = torch.jit.trace(_TinyCLIPScript({**sd, **extras}), (torch.zeros(2, 3, dtype=torch.long),))
+    traced.save(str(tmp_path / "traced.pt"))
+    raw = load_checkpoint_file(tmp_path / "traced.pt")
+    assert set(raw) == set(traced.state_dict())  # parameters and buffers, as torch.jit.load's state_dict
+    for k, v in traced.state_dict().items():
+        torch.testing.assert_close(raw[k], v, rtol=0, atol=0, msg=k)
+    x = xclip.load_pretrained(tmp_path / "traced.pt").set_attn_backend("torch").eval()
+    _check_from_clip(x, src, sd)
+
+
 # --- convert CLI ---------------------------------------------------------------------------------
 
 
