@@ -402,6 +402,21 @@ def test_corrupt_checkpoint_through_the_cli(tmp_path, kind):
     assert len(lines) == 1 and str(culprit) in lines[0] and phrase in lines[0], r.stderr
 
 
+def test_safetensors_file_under_another_name(tmp_path):
+    from safetensors.torch import save_file
+
+    m = tiny(num_frames=2)
+    m.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").rename(tmp_path / "weights.pth")
+    x = xclip.load_pretrained(tmp_path / "weights.pth", vision_heads=1, mit_heads=1, prompt_heads=1,
+                              transformer_heads=2)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(x.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "other.bin"))
+    with pytest.raises(CheckpointError, match="other.bin: unrecognised checkpoint"):
+        xclip.load_pretrained(tmp_path / "other.bin")
+
+
 # --- text vocabulary smaller than the tokenizer's ---------------------------------------------------
 
 

@@ -58,9 +58,18 @@ def load_checkpoint_file(path) -> Any:
     the archive's pickled records; its TorchScript code is never loaded. Raises :class:`CheckpointError`.
     """
     path = Path(path)
-    if path.suffix == ".safetensors" and path.is_file():
+    if path.is_file() and (path.suffix == ".safetensors" or _looks_like_safetensors(path)):
         return _read_safetensors(path)
     return read_pickle_file(path)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its name: 8-byte little-endian header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
