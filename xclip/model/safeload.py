@@ -31,6 +31,7 @@ Every failure is a :class:`CheckpointError` naming the file and what is wrong.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import re
@@ -184,6 +185,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its 
         global _ALLOWED
         if _ALLOWED is None:
             _ALLOWED = _allowed_globals()
+        if self.proto < 3 and self.fix_imports:  # protocol-2 pickles (torch.save's) name builtins as Python 2 did
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
         key = f"{module}.{name}"
         obj = _ALLOWED.get(key)
         return obj if obj is not None else _opaque_class(key)
