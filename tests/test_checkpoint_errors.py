@@ -174,6 +174,41 @@ def test_torchscript_loader_never_calls_jit_load(tmp_path, monkeypatch):
     xclip.load_pretrained(path)
 
 
+class _PrintingHook(nn.Module):
+    """The issue's repro: a scripted ``__setstate__`` that prints (needs no custom op, so it runs anywhere)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = torch.zeros(1)
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[Tensor, bool]:
+        return (self.x, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[Tensor, bool]) -> None:
+        self.x = state[0]
+        self.training = state[1]
+        print("XCLIP-TEST: scripted __setstate__ ran")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.x
+
+
+def test_torchscript_setstate_never_runs_through_the_cli(tmp_path):
+    _, sd = _clip_state_dict(seed=7)
+    evil = _EvilCLIP(sd)
+    evil.hook = _PrintingHook()
+    path = tmp_path / "evil.pt"
+    torch.jit.script(evil).save(str(path))
+    probe = subprocess.run([sys.executable, "-c", f"import torch; torch.jit.load({str(path)!r})"],
+                           capture_output=True, text=True, timeout=300)
+    assert "scripted __setstate__ ran" in probe.stdout  # live under torch.jit.load
+    r = _cli("convert", str(path), str(tmp_path / "out.pth"), "--to", "official")
+    assert r.returncode == 0, r.stderr
+    assert "scripted __setstate__ ran" not in r.stdout + r.stderr and "converted" in r.stdout
+
+
 # --- torch.save pickles (zip and legacy), official .pth with a yacs-like config -------------------
 
 
