@@ -452,6 +452,13 @@ def test_safetensors_file_under_another_name(tmp_path):
         xclip.load_pretrained(tmp_path / "other.bin")
 
 
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "8", True])
+def test_num_frames_argument_is_checked(tmp_path, bad):
+    path = _valid_pth(tmp_path / "ok.pth")
+    with pytest.raises(ValueError, match=f"num_frames must be a positive integer or None, got {bad!r}"):
+        xclip.load_pretrained(path, num_frames=bad)
+
+
 # --- text vocabulary smaller than the tokenizer's ---------------------------------------------------
 
 

@@ -213,6 +213,8 @@ def load_pretrained(path, num_frames: int | None = None, **overrides) -> XCLIP:
     that cannot be read or used raises :class:`CheckpointError` (a ``ValueError``)
     naming the file and what is wrong; nothing stored in the file is executed.
     """
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise ValueError(f"load_pretrained: num_frames must be a positive integer or None, got {num_frames!r}")
     if isinstance(path, dict):
         obj, where = path, "<dict>"
     else:

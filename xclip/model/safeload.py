@@ -365,4 +365,5 @@ def read_pickle_file(path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except Exception as e:
-        raise CheckpointError(path, f"not a PyTorch checkpoint ({size} bytes; {type(e).__name__}: {e})") from None
+        raise CheckpointError(path, f"not a PyTorch checkpoint: neither a zip archive nor a readable pickle ({size} "
+                                    f"bytes; {type(e).__name__}: {e})") from None
