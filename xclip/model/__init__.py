@@ -1,8 +1,8 @@
 """The X-CLIP model: configuration, modules, checkpoints (OpenAI CLIP, official X-CLIP, Hugging Face), tokenizer."""
 
+from .safeload import CheckpointError  # noqa: F401  (public as xclip.CheckpointError)
 from .config import ARCHS, XCLIPConfig, arch_config
 from .model import XCLIP, create_model
-from .safeload import CheckpointError
 from .tokenizer import Tokenizer, tokenize
 
 
@@ -13,4 +13,4 @@ def load_pretrained(path, num_frames=None, **kwargs):
     return _load(path, num_frames=num_frames, **kwargs)
 
 
-__all__ = ["XCLIP", "XCLIPConfig", "CheckpointError", "ARCHS", "arch_config", "create_model", "load_pretrained", "tokenize", "Tokenizer"]
+__all__ = ["XCLIP", "XCLIPConfig", "ARCHS", "arch_config", "create_model", "load_pretrained", "tokenize", "Tokenizer"]
