@@ -499,3 +499,34 @@ def test_small_vocabulary_checkpoint_through_predict(tmp_path):
     assert "Traceback" not in r.stderr and "index out of range" not in r.stderr
     err = r.stderr.strip().splitlines()[-1]
     assert str(ckpt) in err and "vocabulary of 300 ids" in err and "49407" in err, r.stderr
+
+
+def _touch_on_backward(path, grad):
+    _touch(path)
+
+
+class _HookedTensor:
+    """Pickles as a tensor whose backward hook (called on every backward through it) creates the marker."""
+
+    def __init__(self, t, path) -> None:
+        self.t, self.path = t, str(path)
+
+    def __reduce__(self):
+        import functools
+        from collections import OrderedDict
+
+        hooks = OrderedDict({0: functools.partial(_touch_on_backward, self.path)})
+        return (torch._utils._rebuild_tensor_v2,
+                (self.t._typed_storage(), 0, tuple(self.t.shape), self.t.stride(), True, hooks))
+
+
+def test_pickled_backward_hooks_are_dropped(tmp_path, marker):
+    from xclip.model.checkpoints import load_checkpoint_file
+
+    torch.save({"w": _HookedTensor(torch.ones(3), marker)}, tmp_path / "hooked.pth")
+    _ordinary_load_creates(tmp_path / "hooked.pth", marker,
+                           lambda p: (torch.load(p, weights_only=False)["w"] * 2).sum().backward())
+    w = load_checkpoint_file(tmp_path / "hooked.pth")["w"]
+    assert not w._backward_hooks
+    (w * 2).sum().backward()
+    assert not marker.exists()

@@ -130,6 +130,8 @@ def _allowed_globals() -> dict[str, Any]:
 
     allowed = dict(wou._get_allowed_globals())
     allowed["torch._utils._rebuild_tensor_v2"] = _without_hooks(_utils._rebuild_tensor_v2, 5)
+    if hasattr(_utils, "_rebuild_tensor_v3"):
+        allowed["torch._utils._rebuild_tensor_v3"] = _without_hooks(_utils._rebuild_tensor_v3, 5)
     allowed["torch._utils._rebuild_parameter"] = _without_hooks(_utils._rebuild_parameter, 2)
     if hasattr(_utils, "_rebuild_parameter_with_state"):
         allowed["torch._utils._rebuild_parameter_with_state"] = _without_hooks(_utils._rebuild_parameter_with_state, 2)
