@@ -303,6 +303,22 @@ def test_openai_clip_torchscript_archive(tmp_path):
     _check_from_clip(x, src, sd)
 
 
+def test_openai_clip_traced_archive_and_what_is_read(tmp_path):
+    """A traced archive reads too; its TorchScript code is never compiled (the weights come from data.pkl)."""
+    from xclip.model.checkpoints import load_checkpoint_file
+
+    src, sd = _clip_state_dict(seed=6)
+    extras = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(16), "vocab_size": torch.tensor(500)}
+    traced = torch.jit.trace(_TinyCLIPScript({**sd, **extras}), (torch.zeros(2, 3, dtype=torch.long),))
+    traced.save(str(tmp_path / "traced.pt"))
+    raw = load_checkpoint_file(tmp_path / "traced.pt")
+    assert set(raw) == set(traced.state_dict())  # parameters and buffers, as torch.jit.load's state_dict
+    for k, v in traced.state_dict().items():
+        torch.testing.assert_close(raw[k], v, rtol=0, atol=0, msg=k)
+    x = xclip.load_pretrained(tmp_path / "traced.pt").set_attn_backend("torch").eval()
+    _check_from_clip(x, src, sd)
+
+
 # --- convert CLI ---------------------------------------------------------------------------------
 
 
@@ -321,4 +337,60 @@ def test_convert_cli_roundtrip(tmp_path, capsys):
     assert set(back["model"]) == set(m.state_dict())
     for k, val in m.state_dict().items():
         torch.testing.assert_close(back["model"][k], val, rtol=0, atol=0, msg=k)
-    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o"), "--to", "hf"]) == 1
+    assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "o"), "--to", "hf"]) == 2
+
+
+# --- the restricted reader reads what torch.load reads ---------------------------------------------
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_restricted_reader_matches_torch_load(tmp_path, zip_format):
+    import random
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from xclip.model.checkpoints import load_checkpoint_file
+
+    base = torch.randn(6, 5)
+    sd = tiny(num_frames=2).state_dict()  # an OrderedDict with _metadata
+    obj = {
+        "model": sd,
+        "views": [base, base[1:4, ::2], base.t()],  # shared storage, offsets, strides
+        "dtypes": {str(d): torch.arange(7).to(d) for d in (torch.float16, torch.bfloat16, torch.float64, torch.int8,
+                                                           torch.int32, torch.int64, torch.bool, torch.uint8)},
+        "empty": torch.zeros(0, 3),
+        "param": nn.Parameter(torch.ones(2)),
+        "rng": torch.get_rng_state(),
+        "np_state": np.random.default_rng(0).bit_generator.state["state"]["state"],
+        "np_array": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "np_scalar": np.float64(81.25),
+        "py_random": random.Random(0).getstate(),
+        "misc": (None, True, "text", b"bytes", 3.5, {1, 2}, OrderedDict(a=1)),
+    }
+    torch.save(obj, tmp_path / "rich.pth", _use_new_zipfile_serialization=zip_format)
+    ours = load_checkpoint_file(tmp_path / "rich.pth")
+    ref = torch.load(tmp_path / "rich.pth", weights_only=False)
+
+    def same(a, b, where="obj"):
+        assert type(a) is type(b) or (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)), where
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), where
+            assert torch.equal(a, b), where
+        elif isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and np.array_equal(a, b), where
+        elif isinstance(a, dict):
+            assert list(a) == list(b), where
+            for k in a:
+                same(a[k], b[k], f"{where}[{k!r}]")
+        elif isinstance(a, (list, tuple)):
+            assert len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b)):
+                same(x, y, f"{where}[{i}]")
+        else:
+            assert a == b, where
+
+    same(ours, ref)
+    assert getattr(ours["model"], "_metadata", None) == getattr(ref["model"], "_metadata", None)
+    v = ours["views"]
+    assert v[1].untyped_storage().data_ptr() == v[0].untyped_storage().data_ptr()  # still one storage

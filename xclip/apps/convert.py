@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             save_checkpoint(model, args.output)
     except ValueError as e:
         print(f"xclip convert: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     n = sum(p.numel() for p in model.parameters())
     c = model.config
     print(f"converted {args.input} -> {args.output} ({args.to}): {c.arch or 'custom'} {c.num_frames} frames, "

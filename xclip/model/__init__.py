@@ -1,5 +1,6 @@
 """The X-CLIP model: configuration, modules, checkpoints (OpenAI CLIP, official X-CLIP, Hugging Face), tokenizer."""
 
+from .safeload import CheckpointError  # noqa: F401  (public as xclip.CheckpointError)
 from .config import ARCHS, XCLIPConfig, arch_config
 from .model import XCLIP, create_model
 from .tokenizer import Tokenizer, tokenize

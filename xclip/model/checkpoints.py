@@ -10,20 +10,16 @@
 - **Hugging Face** directory (``config.json`` + ``model.safetensors`` or
   ``pytorch_model.bin``), as written by transformers' ``XCLIPModel``.
 
-Pickles are never allowed to run code: they are read with a restricted
-unpickler whose ``find_class`` returns only torch's own weights-only allow-list
-(tensor rebuilders, OrderedDict, set...), a few numpy data constructors, and a
-plain ``dict`` stand-in for ``yacs.config.CfgNode``; any other global becomes an
-inert placeholder that records its arguments and calls nothing.
+Nothing stored in a checkpoint runs: pickles and TorchScript archives are read
+by :mod:`xclip.model.safeload` (a restricted unpickler; TorchScript archives are
+unpacked as zips, never ``torch.jit.load``-ed). Every unreadable or unusable
+checkpoint raises :class:`CheckpointError` (a ``ValueError``) naming the file and
+what is wrong. docs/trust.md says what is trusted.
 """
 
 from __future__ import annotations
 
-import pickle
 import re
-import types
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +28,13 @@ from torch import Tensor
 
 from .config import XCLIPConfig, arch_config
 from .model import XCLIP, interpolate_frames
+from .safeload import CfgNodeStandIn, CheckpointError, OpaqueObject, read_pickle_file, restricted_pickle  # noqa: F401
 
-__all__ = ["load_pretrained", "load_checkpoint_file", "CheckpointMismatchError", "infer_config", "detect_format",
-           "load_state_dict_strict", "save_checkpoint"]
+__all__ = ["load_pretrained", "load_checkpoint_file", "CheckpointError", "CheckpointMismatchError", "infer_config",
+           "detect_format", "load_state_dict_strict", "save_checkpoint"]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A state dict does not fit the model: lists missing, unexpected and wrongly shaped keys."""
 
     def __init__(self, missing, unexpected, mismatched, where: str = "") -> None:
@@ -50,141 +47,40 @@ class CheckpointMismatchError(ValueError):
         if self.mismatched:
             lines.append(f"  wrongly shaped keys ({len(self.mismatched)}): " + ", ".join(
                 f"{k} (checkpoint {tuple(a)}, model {tuple(b)})" for k, a, b in self.mismatched))
-        super().__init__("\n".join(lines))
-
-
-# --- a pickle reader that executes nothing -------------------------------------------
-
-
-class CfgNodeStandIn(dict):
-    """What a pickled ``yacs.config.CfgNode`` becomes: a dict with attribute access."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setstate__(self, state):  # yacs' private flags; kept out of the mapping
-        object.__setattr__(self, "_yacs_state", state)
-
-
-class OpaqueObject:
-    """A placeholder for a pickled object of a class outside the allow-list (never constructed)."""
-
-    def __init__(self, qualname: str, args: tuple = ()) -> None:
-        self._qualname, self._args, self._state, self._items = qualname, args, None, {}
-
-    def __setstate__(self, state) -> None:
-        self._state = state
-
-    def __setitem__(self, k, v) -> None:
-        self._items[k] = v
-
-    def append(self, v) -> None:
-        self._items[len(self._items)] = v
-
-    def extend(self, vs) -> None:
-        for v in vs:
-            self.append(v)
-
-    def __repr__(self) -> str:
-        return f"<unpickled {self._qualname} (not constructed)>"
-
-
-def _opaque_new(qualname):
-    class _Opaque(OpaqueObject):
-        def __new__(cls, *args, **kwargs):
-            obj = object.__new__(cls)
-            OpaqueObject.__init__(obj, qualname, args)
-            return obj
-
-        def __init__(self, *args, **kwargs):  # pickle never calls __init__ for NEWOBJ; REDUCE does
-            if not hasattr(self, "_qualname"):
-                OpaqueObject.__init__(self, qualname, args)
-
-    _Opaque.__qualname__ = _Opaque.__name__ = qualname
-    return _Opaque
-
-
-def _allowed_globals() -> dict[str, Any]:
-    from torch import _weights_only_unpickler as wou
-
-    allowed = dict(wou._get_allowed_globals())
-    allowed["yacs.config.CfgNode"] = CfgNodeStandIn
-    allowed["builtins.frozenset"] = frozenset
-    allowed["builtins.slice"] = slice
-    try:
-        import numpy as np
-
-        try:
-            from numpy._core import multiarray as ma
-        except ImportError:  # numpy 1.x
-            from numpy.core import multiarray as ma
-        allowed["numpy.dtype"] = np.dtype
-        allowed["numpy.ndarray"] = np.ndarray
-        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[f"{mod}.scalar"] = ma.scalar
-            allowed[f"{mod}._reconstruct"] = ma._reconstruct
-        for name in dir(getattr(np, "dtypes", None) or object()):
-            if name.endswith("DType"):
-                allowed[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
-    except Exception:  # numpy absent or changed: its objects become placeholders
-        pass
-    return allowed
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    _allowed: dict[str, Any] | None = None
-
-    def find_class(self, module: str, name: str):
-        if _RestrictedUnpickler._allowed is None:
-            _RestrictedUnpickler._allowed = _allowed_globals()
-        key = f"{module}.{name}"
-        obj = _RestrictedUnpickler._allowed.get(key)
-        if obj is not None:
-            return obj
-        return _opaque_new(key)
-
-
-# torch.load(pickle_module=...) needs a module-like object with Unpickler and load
-restricted_pickle = types.SimpleNamespace(
-    Unpickler=_RestrictedUnpickler,
-    load=lambda f, **kw: _RestrictedUnpickler(f, **kw).load(),
-    __name__="xclip_restricted_pickle",
-)
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-    return any(re.match(r"[^/]+/constants\.pkl$", n) or re.match(r"[^/]+/code/", n) for n in names)
+        self.path, self.problem = where or None, "\n".join(lines)
+        ValueError.__init__(self, self.problem)
 
 
 def load_checkpoint_file(path) -> Any:
-    """The object stored in a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file, without running pickled code.
+    """The object stored in a ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file, without running anything in it.
 
-    A TorchScript archive (OpenAI's CLIP releases) is read with ``torch.jit.load``
-    (TorchScript deserialisation does not execute Python) and returns its state dict.
+    A TorchScript archive (OpenAI's CLIP releases) returns its state dict (parameters and buffers), read from
+    the archive's pickled records; its TorchScript code is never loaded. Raises :class:`CheckpointError`.
     """
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    if path.is_file() and (path.suffix == ".safetensors" or _looks_like_safetensors(path)):
+        return _read_safetensors(path)
+    return read_pickle_file(path)
 
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its name: 8-byte little-endian header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    if path.stat().st_size == 0:
+        raise CheckpointError(path, "empty file (0 bytes)")
+    try:
         return load_file(str(path))
-    if _is_torchscript(path):
-        with warnings.catch_warnings():  # torch.jit.load is deprecated, but it is how OpenAI shipped CLIP
-            warnings.simplefilter("ignore", FutureWarning)
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    try:  # fast path: plain tensors and containers only
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        pass
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
+    except Exception as e:  # SafetensorError, header JSON errors, short data
+        raise CheckpointError(path, f"corrupt safetensors file ({type(e).__name__}: {e})") from None
 
 
 # --- formats --------------------------------------------------------------------------
@@ -313,8 +209,12 @@ def load_pretrained(path, num_frames: int | None = None, **overrides) -> XCLIP:
     interpolates the MIT positional embedding (with a warning). ``overrides``
     set config fields the weights do not fix (``drop_path``, ``freeze_text``,
     head counts...). Loading is strict: a mismatch raises
-    :class:`CheckpointMismatchError` listing the offending keys.
+    :class:`CheckpointMismatchError` listing the offending keys. Any checkpoint
+    that cannot be read or used raises :class:`CheckpointError` (a ``ValueError``)
+    naming the file and what is wrong; nothing stored in the file is executed.
     """
+    if num_frames is not None and (isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1):
+        raise ValueError(f"load_pretrained: num_frames must be a positive integer or None, got {num_frames!r}")
     if isinstance(path, dict):
         obj, where = path, "<dict>"
     else:
@@ -324,10 +224,33 @@ def load_pretrained(path, num_frames: int | None = None, **overrides) -> XCLIP:
             from .hf import read_hf_directory
 
             cfg, sd = read_hf_directory(p)
-            return _build(cfg.replace(**overrides), sd, num_frames, where)
+            try:
+                cfg = cfg.replace(**overrides)
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(p, f"invalid configuration: {e}") from None
+            return _tag(_build_checked(cfg, sd, num_frames, where), where)
         obj = load_checkpoint_file(p)
+    return _tag(_load_object(obj, where, num_frames, overrides), where)
+
+
+def _tag(model: XCLIP, where: str) -> XCLIP:
+    """Remember where the weights came from, for error messages at use (e.g. token ids beyond the vocabulary)."""
+    model.checkpoint_path = where
+    return model
+
+
+def _build_checked(cfg, sd, num_frames, where, from_clip=False) -> XCLIP:
+    try:
+        return _build(cfg, sd, num_frames, where, from_clip=from_clip)
+    except CheckpointError:
+        raise
+    except ValueError as e:  # a config or shape the model rejects (e.g. num_frames=0, zero-sized weights)
+        raise CheckpointError(where, str(e)) from None
+
+
+def _load_object(obj: Any, where: str, num_frames, overrides) -> XCLIP:
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a state dict or a dict with 'model', got {type(obj).__name__}")
+        raise CheckpointError(where, f"expected a state dict or a dict with 'model', got {type(obj).__name__}")
     stored_cfg = None
     if "model" in obj and isinstance(obj["model"], dict):
         stored_cfg = obj.get("config")
@@ -338,24 +261,29 @@ def load_pretrained(path, num_frames: int | None = None, **overrides) -> XCLIP:
         sd = obj
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor) and k not in _OPENAI_EXTRAS]
     if bad:
-        raise ValueError(f"{where}: state dict entries that are not tensors: {bad[:10]}")
+        raise CheckpointError(where, f"state dict entries that are not tensors: {[str(k) for k in bad[:10]]}")
     sd = _strip_prefix({k: v for k, v in sd.items() if k not in _OPENAI_EXTRAS})
-    fmt = detect_format(sd)
-    if fmt == "hf":
-        from .hf import from_hf_state_dict
+    try:
+        fmt = detect_format(sd)
+        if fmt == "hf":
+            from .hf import from_hf_state_dict
 
-        sd = from_hf_state_dict(sd)
-        fmt = "xclip"
-    if isinstance(stored_cfg, dict) and not isinstance(stored_cfg, CfgNodeStandIn) and "embed_dim" in stored_cfg:
-        cfg = XCLIPConfig.from_dict(dict(stored_cfg)).replace(**overrides)  # our own training checkpoints
-    else:
-        extra = _yacs_fields(stored_cfg) if stored_cfg is not None else {}
-        if fmt == "xclip" and "mit.positional_embedding" in sd:
-            extra.pop("num_frames", None)  # the weights say how many frames the MIT was trained on
-        if fmt == "clip":
-            extra.setdefault("num_frames", num_frames or 8)
-        cfg = infer_config(sd, **{**extra, **overrides})
-    return _build(cfg, sd, num_frames, where, from_clip=(fmt == "clip"))
+            sd = from_hf_state_dict(sd)
+            fmt = "xclip"
+        if isinstance(stored_cfg, dict) and not isinstance(stored_cfg, CfgNodeStandIn) and "embed_dim" in stored_cfg:
+            cfg = XCLIPConfig.from_dict(dict(stored_cfg)).replace(**overrides)  # our own training checkpoints
+        else:
+            extra = _yacs_fields(stored_cfg) if stored_cfg is not None else {}
+            if fmt == "xclip" and "mit.positional_embedding" in sd:
+                extra.pop("num_frames", None)  # the weights say how many frames the MIT was trained on
+            if fmt == "clip":
+                extra.setdefault("num_frames", num_frames or 8)
+            cfg = infer_config(sd, **{**extra, **overrides})
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, IndexError) as e:  # unrecognised layout, impossible shapes, bad stored config
+        raise CheckpointError(where, str(e)) from None
+    return _build_checked(cfg, sd, num_frames, where, from_clip=(fmt == "clip"))
 
 
 def save_checkpoint(model: XCLIP, path, **extra) -> None:

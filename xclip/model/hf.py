@@ -2,7 +2,7 @@
 
 transformers is not needed to read or write the format: ``config.json`` is
 plain JSON and the weights are safetensors (or ``pytorch_model.bin`` read with
-``torch.load(weights_only=True)``).
+the restricted reader of :mod:`xclip.model.safeload`).
 
 The key correspondence is one flat table, ``KEY_TABLE`` (official name
 pattern, Hugging Face name pattern, kind), read in both directions: the packed
@@ -250,32 +250,56 @@ def config_from_hf(d: dict) -> XCLIPConfig:
 
 
 def read_hf_directory(path) -> tuple[XCLIPConfig, dict[str, Tensor]]:
-    """``(config, official-layout state dict)`` of a Hugging Face X-CLIP directory."""
+    """``(config, official-layout state dict)`` of a Hugging Face X-CLIP directory.
+
+    Raises :class:`~xclip.model.safeload.CheckpointError` naming the file for a missing, unreadable or
+    invalid ``config.json`` or weights file; ``pytorch_model.bin`` goes through the restricted reader.
+    """
+    from .checkpoints import load_checkpoint_file
+    from .safeload import CheckpointError
+
     path = Path(path)
     cfg_file = path / "config.json"
-    if not cfg_file.exists():
-        raise ValueError(f"{path} is a directory without config.json: not a Hugging Face X-CLIP directory")
-    d = json.loads(cfg_file.read_text())
+    if not cfg_file.is_file():
+        raise CheckpointError(path, "a directory without config.json: not a Hugging Face X-CLIP directory")
+    try:
+        d = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(cfg_file, f"not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(cfg_file, f"invalid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(cfg_file, f"expected a JSON object, got a JSON {type(d).__name__}")
     if d.get("model_type") not in ("xclip", None):
-        raise ValueError(f"{cfg_file}: model_type is {d.get('model_type')!r}, expected 'xclip'")
+        raise CheckpointError(cfg_file, f"model_type is {d.get('model_type')!r}, expected 'xclip'")
+    for sub in ("text_config", "vision_config", "xclip_kernels"):
+        if d.get(sub) is not None and not isinstance(d[sub], dict):
+            raise CheckpointError(cfg_file, f"{sub} must be a JSON object, got {type(d[sub]).__name__}")
+    try:
+        cfg = config_from_hf(d)
+    except (ValueError, TypeError, KeyError, ZeroDivisionError) as e:
+        raise CheckpointError(cfg_file, f"invalid X-CLIP config: {type(e).__name__}: {e}") from None
     st, bins = path / "model.safetensors", path / "pytorch_model.bin"
     if st.exists():
-        from safetensors.torch import load_file
-
-        sd = load_file(str(st))
+        files = [st]
     elif bins.exists():
-        sd = torch.load(bins, map_location="cpu", weights_only=True)
+        files = [bins]
     else:
-        shards = sorted(path.glob("model-*.safetensors"))
-        if not shards:
-            raise ValueError(f"{path}: no model.safetensors, pytorch_model.bin or model-*.safetensors shards")
-        from safetensors.torch import load_file
-
-        sd = {}
-        for s in shards:
-            sd.update(load_file(str(s)))
+        files = sorted(path.glob("model-*.safetensors"))
+        if not files:
+            raise CheckpointError(path, "no model.safetensors, pytorch_model.bin or model-*.safetensors shards")
+    sd: dict[str, Tensor] = {}
+    for f in files:
+        part = load_checkpoint_file(f)
+        if not isinstance(part, dict) or not all(isinstance(v, Tensor) for v in part.values()):
+            raise CheckpointError(f, "expected a dict of tensors")
+        sd.update(part)
     sd = {k[len("x_clip."):] if k.startswith("x_clip.") else k: v for k, v in sd.items()}
-    return config_from_hf(d), from_hf_state_dict(sd)
+    try:
+        sd = from_hf_state_dict(sd)
+    except ValueError as e:
+        raise CheckpointError(files[0], str(e)) from None
+    return cfg, sd
 
 
 def save_pretrained(model, directory, safe_serialization: bool = True) -> None:

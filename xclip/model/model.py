@@ -426,6 +426,17 @@ class XCLIP(nn.Module):
                 f"tokens must be [K, L] with K >= 1 and 1 <= L <= context_length={self.config.context_length}, "
                 f"got shape {tuple(tokens.shape)}"
             )
+        if not torch.compiler.is_compiling() and tokens.device.type != "meta":
+            lo, hi = (int(x) for x in torch.aminmax(tokens))  # one sync; an embedding lookup past the end
+            V = self.config.vocab_size  # would fail later as "index out of range in self"
+            if lo < 0 or hi >= V:
+                src = getattr(self, "checkpoint_path", None)
+                raise ValueError(
+                    f"token id {hi if hi >= V else lo} is outside the text vocabulary of {V} ids (token_embedding "
+                    f"rows) of this model{' loaded from ' + src if src else ''}; the largest id in these tokens is "
+                    f"{hi} (the CLIP tokenizer produces ids up to 49407): use a checkpoint with the full CLIP "
+                    f"vocabulary, or tokens from a tokenizer that fits it"
+                )
 
     def _encode_text(self, tokens: Tensor) -> Tensor:
         L = tokens.shape[1]
