@@ -13,9 +13,11 @@ Modes:
   ``torch.autograd.grad`` of a fixed output gradient (both sides pay the
   autograd engine).
 
-Timing: one thread (``torch.set_num_threads(1)``), contenders interleaved
-round by round; per call the minimum and the median over rounds. The minimum
-is the figure to read on a shared machine (load only ever adds time).
+Timing: one thread (``torch.set_num_threads(1)``), so all the work of a call
+is on the calling thread, timed with that thread's CPU clock
+(``time.thread_time``; ``--wall`` for wall clock): time the thread spends
+descheduled on a loaded machine does not count. Contenders are interleaved
+round by round; per call the minimum and the median over rounds.
 
     python benchmarks/bench_dispatch.py [--rounds 30] [--iters 200] [--markdown]
 """
@@ -79,7 +81,7 @@ def _runner(fn, inputs, mode):
     return run
 
 
-def measure(rounds: int, iters: int) -> list[dict]:
+def measure(rounds: int, iters: int, clock=time.thread_time) -> list[dict]:
     rows = []
     for name, op, plain, inputs in cases():
         # same results first: the two sides compute the same thing
@@ -93,10 +95,10 @@ def measure(rounds: int, iters: int) -> list[dict]:
                     f()
             for _ in range(rounds):
                 for k, f in fns.items():
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     for _ in range(iters):
                         f()
-                    times[k].append((time.perf_counter() - t0) / iters * 1e6)
+                    times[k].append((clock() - t0) / iters * 1e6)
             row = dict(op=name, mode=mode)
             for k in fns:
                 row[f"{k}_min_us"] = min(times[k])
@@ -127,17 +129,19 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wall", action="store_true", help="wall clock instead of the thread's CPU time")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = measure(args.rounds, args.iters)
+    rows = measure(args.rounds, args.iters, time.perf_counter if args.wall else time.thread_time)
     if args.markdown:
         print(markdown(rows))
     else:
         for r in rows:
             print(f"{r['op']:26s} {r['mode']:8s} op {r['op_min_us']:7.1f} us  plain {r['plain_min_us']:7.1f} us  "
                   f"overhead {r['overhead_min_us']:6.1f} us (median {r['overhead_median_us']:6.1f})")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{'wall clock' if args.wall else 'thread CPU time'}")
 
 
 if __name__ == "__main__":

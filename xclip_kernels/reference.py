@@ -165,23 +165,24 @@ def _keys(xs: Sequence[Tensor]) -> Tensor:
     # one key source is read in place; the message keys of (b) are appended (a
     # copy of k and v: on the CPU this measured faster than merging a second
     # softmax term into the output, see benchmarks/RESULTS.md)
-    return _heads(xs[0]) if len(xs) == 1 else torch.cat([_heads(x) for x in xs], dim=2)
+    return _heads(xs[0]) if len(xs) == 1 else torch.cat(xs, dim=1).transpose(1, 2)
 
 
 def cpu_attention_fwd(q: Tensor, ks: Sequence[Tensor], vs: Sequence[Tensor], scale: float) -> tuple[Tensor, Tensor]:
     """:func:`attention_fwd` through the CPU flash kernel: out [B, Lq, H, D] contiguous, lse [B, H, Lq]."""
     o, lse = _flash_cpu(_heads(q), _keys(ks), _keys(vs), scale=scale)
-    return o.transpose(1, 2).contiguous(), lse  # the kernel writes o in [B, Lq, H, D] order: no copy
+    # the kernel usually writes o in [B, Lq, H, D] order (then this is no copy); not for every query layout
+    return o.transpose(1, 2).contiguous(), lse
 
 
 def cpu_attention_bwd(do, q, ks, vs, o, lse, scale):
-    """:func:`attention_bwd` through the CPU flash kernel's backward."""
+    """:func:`attention_bwd` through the CPU flash kernel's backward; dks/dvs split back per source."""
     dq, dk, dv = _flash_cpu_bwd(_heads(do), _heads(q), _keys(ks), _keys(vs), _heads(o), lse, 0.0, False, scale=scale)
+    dq, dk, dv = dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
     if len(ks) == 1:
-        return dq.transpose(1, 2), [dk.transpose(1, 2)], [dv.transpose(1, 2)]
-    sizes = [k.shape[1] for k in ks]
-    return (dq.transpose(1, 2), [t.transpose(1, 2) for t in dk.split(sizes, dim=2)],
-            [t.transpose(1, 2) for t in dv.split(sizes, dim=2)])
+        return dq, [dk], [dv]
+    n = ks[0].shape[1]  # two sources: (b)'s patch keys and message keys
+    return dq, [dk[:, :n], dk[:, n:]], [dv[:, :n], dv[:, n:]]
 
 
 def cpu_cross_frame_attn_fwd(q, k, v, scale):

@@ -236,7 +236,7 @@ class AttentionOp:
         if not sz[1] or not sz[2] or not _plain_eager(tensors):
             return self.op(*tensors, scale=scale, backend=name)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _EagerAttention.apply(self, name, scale, *tensors)
+            return _EagerAttention.apply((self, name, scale), *tensors)
         return BACKENDS[name].forward(self.kernel, self.unpack(tensors), scale)[0]
 
     def _resolve(self, tensors, scale, backend) -> tuple[tuple, float, str]:
@@ -314,18 +314,23 @@ class AttentionOp:
 
 
 class _EagerAttention(torch.autograd.Function):
-    """The plain-eager path of every op: the resolved backend's forward and backward, no dispatcher."""
+    """The plain-eager path of every op: the resolved backend's forward and backward, no dispatcher.
+
+    ``plan`` is ``(op, backend name, scale)``: one non-tensor argument (each costs the autograd
+    engine a little on every call).
+    """
 
     @staticmethod
-    def forward(ctx, op: AttentionOp, name: str, scale: float, *tensors):
+    def forward(ctx, plan, *tensors):
+        op, name, scale = plan
         out, lse = BACKENDS[name].forward(op.kernel, op.unpack(tensors), scale)
         ctx.save_for_backward(*tensors, out, lse)
-        ctx.op, ctx.name, ctx.scale = op, name, scale
+        ctx.plan = plan
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         *tensors, out, lse = ctx.saved_tensors
-        grads = ctx.op.backward(ctx.name, do, tensors, out, lse, ctx.scale)
-        return (None, None, None, *grads)
+        op, name, scale = ctx.plan
+        return (None, *op.backward(name, do, tensors, out, lse, scale))
