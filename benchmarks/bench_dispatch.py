@@ -20,6 +20,14 @@ descheduled on a loaded machine does not count. Contenders are interleaved
 round by round; per call the minimum and the median over rounds.
 
     python benchmarks/bench_dispatch.py [--rounds 30] [--iters 200] [--markdown]
+
+``--cpu-kernels`` instead times the torch backend's CPU kernels at
+xclip-base-patch32 sizes (float32): the explicit eager definitions it used
+before (``reference.X_fwd/_bwd``: float32 copies, concatenated message keys,
+matmuls) against the CPU flash-attention path it uses now
+(``reference.cpu_X_fwd/_bwd``), and for the intra-frame forward a variant
+that never concatenates the message keys (a second softmax term merged into
+the output).
 """
 
 from __future__ import annotations
@@ -109,6 +117,84 @@ def measure(rounds: int, iters: int, clock=time.thread_time) -> list[dict]:
     return rows
 
 
+# --- the torch backend's CPU kernels at xclip-base-patch32 sizes --------------------
+
+
+def _intra_fwd_merged(q, k, v, k_msg, v_msg, scale):
+    """Intra-frame forward without the concatenation: flash attention over the N patch keys,
+    then the M message keys merged in through their log-sum-exp."""
+    from xclip_kernels.reference import _flash_cpu, _heads
+
+    o1, lse1 = _flash_cpu(_heads(q), _heads(k), _heads(v), scale=scale)
+    s = torch.matmul(_heads(q), _heads(k_msg).transpose(-1, -2)) * scale  # [F, H, N, M]
+    lse = torch.logaddexp(lse1, torch.logsumexp(s, -1))
+    p = torch.exp(s - lse.unsqueeze(-1))
+    o = torch.addcmul(torch.matmul(p, _heads(v_msg)), o1, torch.exp(lse1 - lse).unsqueeze(-1))
+    return o.transpose(1, 2), lse
+
+
+def cpu_kernel_cases():
+    from xclip_kernels import reference as R
+
+    g = torch.Generator().manual_seed(0)
+    H, D, s = 12, 64, 64**-0.5
+    F_, N, M = 16, 50, 1  # 2 videos x 8 frames, 7x7 patches + class token, one message
+    B, T = 2, 8
+    K, Np, Hp = 400, 49, 8  # prompt: 400 class texts over the 49 patch tokens, 8 heads
+    fqkv = torch.randn(F_, N, 3, H, D, generator=g).unbind(2)
+    fm = torch.randn(F_, M, 2, H, D, generator=g).unbind(2)
+    cqkv = torch.randn(B, T, 3, H, D, generator=g).unbind(2)
+    pq = torch.randn(K, Hp, D, generator=g)
+    pkv = torch.randn(B, Np, 2, Hp, D, generator=g).unbind(2)
+    return [
+        ("intra_frame_attn F=16 N=50 M=1 H=12 D=64", "intra_frame_attn", (*fqkv, *fm), s),
+        ("cross_frame_attn B=2 T=8 H=12 D=64", "cross_frame_attn", cqkv, s),
+        ("prompt_cross_attn B=2 K=400 (shared) N=49 H=8 D=64", "prompt_cross_attn", (pq, *pkv), s),
+    ], R
+
+
+def measure_cpu_kernels(rounds: int, iters: int, clock=time.thread_time) -> list[dict]:
+    cases, R = cpu_kernel_cases()
+    rows = []
+    for label, op, t, s in cases:
+        fwd_old, bwd_old = getattr(R, f"{op}_fwd"), getattr(R, f"{op}_bwd")
+        fwd_new, bwd_new = getattr(R, f"cpu_{op}_fwd"), getattr(R, f"cpu_{op}_bwd")
+        o, lse = fwd_old(*t, s)
+        do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1))
+        o2, lse2 = fwd_new(*t, s)
+        torch.testing.assert_close(o2, o, rtol=1e-4, atol=1e-5)
+        fns = {
+            ("fwd", "explicit (old)"): lambda: fwd_old(*t, s),
+            ("fwd", "CPU flash (new)"): lambda: fwd_new(*t, s),
+            ("fwd+bwd", "explicit (old)"): lambda: bwd_old(do, *t, *fwd_old(*t, s), s),
+            ("fwd+bwd", "CPU flash (new)"): lambda: bwd_new(do, *t, *fwd_new(*t, s), s),
+        }
+        if op == "intra_frame_attn":
+            torch.testing.assert_close(_intra_fwd_merged(*t, s)[0], o, rtol=1e-4, atol=1e-5)
+            fns[("fwd", "CPU flash, messages merged (no cat)")] = lambda: _intra_fwd_merged(*t, s)
+        times = {k: [] for k in fns}
+        for f in fns.values():
+            f()
+        for _ in range(rounds):
+            for k, f in fns.items():
+                t0 = clock()
+                for _ in range(iters):
+                    f()
+                times[k].append((clock() - t0) / iters * 1e3)
+        for (mode, path), v in times.items():
+            rows.append(dict(case=label, mode=mode, path=path, min_ms=min(v), median_ms=statistics.median(v)))
+    return rows
+
+
+def markdown_cpu_kernels(rows: list[dict]) -> str:
+    lines = ["| op, sizes (float32) | mode | path | ms (min / median) | vs old (min) |", "|---|---|---|---|---|"]
+    old = {(r["case"], r["mode"]): r["min_ms"] for r in rows if r["path"] == "explicit (old)"}
+    for r in rows:
+        lines.append(f"| {r['case']} | {r['mode']} | {r['path']} | {r['min_ms']:.3f} / {r['median_ms']:.3f} | "
+                     f"{old[(r['case'], r['mode'])] / r['min_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| op | mode | op (us, min / median) | plain torch (us, min / median) | overhead (us, min / median) | target |",
@@ -124,6 +210,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def test_bench_dispatch_runs():
+    """Smoke test (pytest collects bench_*.py): both benchmarks run and their two sides agree. No timing."""
+    rows = measure(rounds=1, iters=1)
+    assert len(rows) == 2 * len(cases())
+    assert len(measure_cpu_kernels(rounds=1, iters=1)) == 13
+    assert markdown(rows).count("\n") == len(rows) + 1  # the table renders
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
@@ -131,9 +225,17 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--wall", action="store_true", help="wall clock instead of the thread's CPU time")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--cpu-kernels", action="store_true",
+                    help="time the torch backend's CPU kernels (old explicit vs CPU flash) at xclip-base-patch32 sizes")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = measure(args.rounds, args.iters, time.perf_counter if args.wall else time.thread_time)
+    clock = time.perf_counter if args.wall else time.thread_time
+    if args.cpu_kernels:
+        print(markdown_cpu_kernels(measure_cpu_kernels(args.rounds, max(1, args.iters // 20), clock)))
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+              f"{'wall clock' if args.wall else 'thread CPU time'}")
+        return
+    rows = measure(args.rounds, args.iters, clock)
     if args.markdown:
         print(markdown(rows))
     else:
