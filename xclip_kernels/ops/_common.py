@@ -28,7 +28,7 @@ plain eager mode, runs the backend through one ``torch.autograd.Function``
 autograd kernel costs tens of microseconds per call. Whenever something must
 see the op itself (``torch.compile``, a ``TorchDispatchMode`` such as
 ``FlopCounterMode`` or ``FakeTensorMode``, a tensor subclass or a
-``__torch_function__`` mode, functorch transforms) the call goes through
+``__torch_function__`` mode, functorch transforms, ``torch.jit.trace``) the call goes through
 ``torch.ops.xclip.X`` as before. Both paths run the same backend functions.
 """
 
@@ -112,11 +112,13 @@ _has_torch_function = torch._C._has_torch_function
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
+_jit_tracing = torch._C._get_tracing_state
 
 
 def _plain_eager(tensors) -> bool:
-    """True when nothing needs to see the custom op: no compile, mode, subclass or transform."""
-    return not (_is_compiling() or _dispatch_modes() or _has_torch_function(tensors) or _functorch_active())
+    """True when nothing needs to see the custom op: no compile, mode, subclass, transform or jit trace."""
+    return not (_is_compiling() or _dispatch_modes() or _has_torch_function(tensors) or _functorch_active()
+                or _jit_tracing())
 
 
 @dataclass(frozen=True)
