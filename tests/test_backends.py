@@ -103,6 +103,15 @@ def test_dispatch_cache_keys_on_the_environment(monkeypatch):
     assert not B._CACHE
 
 
+def test_empty_backend_string_follows_the_environment_too(monkeypatch):
+    q = torch.randn(2, 4, 2, 16)
+    monkeypatch.delenv("XCLIP_KERNELS_BACKEND", raising=False)
+    xk.cross_frame_attn(q, q, q, backend="")  # cached with the environment unset
+    monkeypatch.setenv("XCLIP_KERNELS_BACKEND", "cuda")
+    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run"):
+        xk.cross_frame_attn(q, q, q, backend="")
+
+
 def test_cached_choice_follows_a_backend_that_stops_being_available(monkeypatch):
     from xclip_kernels import backends as B
 

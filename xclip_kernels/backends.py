@@ -324,7 +324,7 @@ def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, sizes: tu
     try:
         key = (
             op, device, dtype, D, bh.bit_length(), lq.bit_length(), lk.bit_length(), m, requested,
-            _environ.get(ENV_VAR) if requested is None else None, _environ.get("TRITON_INTERPRET"),
+            _environ.get(ENV_VAR) if not requested else None, _environ.get("TRITON_INTERPRET"),
         )
         name = _CACHE.get(key)
     except (AttributeError, TypeError):  # symbolic sizes (tracing with dynamic shapes): not cached
