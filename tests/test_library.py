@@ -29,6 +29,41 @@ def test_opcheck(op, layout):
     torch.library.opcheck(getattr(torch.ops.xclip, op), tuple(tensors), {"scale": 0.3, "backend": "torch"})
 
 
+PACKED = {
+    "cross_frame_attn_packed": lambda g: (torch.randn(2, 5, 3, 2, 8, generator=g),),
+    "intra_frame_attn_packed": lambda g: (torch.randn(3, 7, 3, 2, 8, generator=g), torch.randn(3, 2, 2, 2, 8, generator=g)),
+    "prompt_cross_attn_packed": lambda g: (torch.randn(4, 2, 8, generator=g), torch.randn(2, 6, 2, 2, 8, generator=g)),
+}
+
+
+@pytest.mark.parametrize("op", list(PACKED))
+def test_opcheck_packed(op):
+    g = torch.Generator().manual_seed(3)
+    tensors = [t.requires_grad_(True) for t in PACKED[op](g)]
+    fwd = getattr(torch.ops.xclip, f"{op}_fwd")
+    bwd = getattr(torch.ops.xclip, f"{op}_bwd")
+    torch.library.opcheck(fwd, (*tensors, 0.3, "torch"))
+    out, lse = fwd(*tensors, 0.3, "torch")
+    do = torch.randn_like(out)
+    torch.library.opcheck(bwd, (do, *[t.detach() for t in tensors], out.detach(), lse, 0.3, "torch"))
+    torch.library.opcheck(getattr(torch.ops.xclip, op), tuple(tensors), {"scale": 0.3, "backend": "torch"})
+
+
+def test_packed_variants_equal_the_plain_ops():
+    g = torch.Generator().manual_seed(4)
+    for op, make in PACKED.items():
+        packed = [t.double().requires_grad_(True) for t in make(g)]
+        plain = [t.detach().clone().requires_grad_(True) for t in packed]
+        split = [u for t in plain for u in (t.unbind(2) if t.dim() == 5 else (t,))]
+        a = getattr(xk, op)(*packed, scale=0.4)
+        b = getattr(xk, op.replace("_packed", ""))(*split, scale=0.4)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        do = torch.randn_like(a)
+        for x, y in zip(torch.autograd.grad(a, packed, do), torch.autograd.grad(b, plain, do)):
+            assert x.shape == y.shape and x.is_contiguous()
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+
+
 def _all_three(x, y, msg, text):
     B, T, H, D = x.shape
     a = xk.cross_frame_attn(x, x, x)
@@ -51,6 +86,28 @@ def test_compile_fullgraph_matches_eager():
     eager = _all_three(*a1)
     eager.backward()
     compiled = torch.compile(_all_three, fullgraph=True, backend="aot_eager")(*a2)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for x, y in zip(a1, a2):
+        torch.testing.assert_close(y.grad, x.grad)
+
+
+def _packed_three(qkv, fqkv, kvm, text, kv):
+    return (xk.cross_frame_attn_packed(qkv).sum() + xk.intra_frame_attn_packed(fqkv, kvm).square().mean()
+            + xk.prompt_cross_attn_packed(text, kv).tanh().sum())
+
+
+def test_compile_fullgraph_packed_matches_eager():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(1)
+    args = [torch.randn(2, 4, 3, 2, 8, generator=g), torch.randn(2, 9, 3, 2, 8, generator=g),
+            torch.randn(2, 1, 2, 2, 8, generator=g), torch.randn(5, 2, 8, generator=g),
+            torch.randn(2, 9, 2, 2, 8, generator=g)]
+    a1 = [t.clone().requires_grad_(True) for t in args]
+    a2 = [t.clone().requires_grad_(True) for t in args]
+    eager = _packed_three(*a1)
+    eager.backward()
+    compiled = torch.compile(_packed_three, fullgraph=True, backend="aot_eager")(*a2)
     compiled.backward()
     torch.testing.assert_close(compiled, eager)
     for x, y in zip(a1, a2):

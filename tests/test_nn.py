@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import xclip_kernels as xk
 from xclip_kernels.nn import CrossFrameAttention, IntraFrameAttention, PromptCrossAttention
@@ -81,23 +83,88 @@ def test_prompt_cross_attention(bias):
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10)
 
 
-def test_ops_receive_views_of_the_packed_projection(monkeypatch):
-    """No copies: q, k, v handed to the op share one storage (the packed projection output)."""
-    seen = {}
-    real = xk.intra_frame_attn
-
-    def spy(q, k, v, k_msg, v_msg, **kw):
-        seen["qkv"] = {t.untyped_storage().data_ptr() for t in (q, k, v)}
-        seen["msg"] = {t.untyped_storage().data_ptr() for t in (k_msg, v_msg)}
-        seen["contig"] = q.is_contiguous()
-        return real(q, k, v, k_msg, v_msg, **kw)
-
+def test_ops_receive_the_packed_projection(monkeypatch):
+    """No copies forward: the packed ops get the projection itself ([..., 3, H, D], a view of one matmul)."""
     import xclip_kernels.nn as xnn
 
-    monkeypatch.setattr(xnn, "intra_frame_attn", spy)
-    mod = IntraFrameAttention(64, 2, backend="torch")
-    mod(torch.randn(2, 9, 64), torch.randn(2, 1, 64))
-    assert len(seen["qkv"]) == 1 and len(seen["msg"]) == 1 and not seen["contig"]
+    seen = {}
+    real_intra, real_cross = xnn.intra_frame_attn_packed, xnn.cross_frame_attn_packed
+
+    def spy_intra(qkv, kv_msg, **kw):
+        seen["intra"] = (tuple(qkv.shape), tuple(kv_msg.shape), qkv._base is not None, kv_msg._base is not None)
+        return real_intra(qkv, kv_msg, **kw)
+
+    def spy_cross(qkv, **kw):
+        seen["cross"] = (tuple(qkv.shape), qkv._base is not None)
+        return real_cross(qkv, **kw)
+
+    monkeypatch.setattr(xnn, "intra_frame_attn_packed", spy_intra)
+    monkeypatch.setattr(xnn, "cross_frame_attn_packed", spy_cross)
+    IntraFrameAttention(64, 2, backend="torch")(torch.randn(2, 9, 64), torch.randn(2, 1, 64))
+    CrossFrameAttention(64, 2, backend="torch")(torch.randn(3, 8, 64))
+    assert seen["intra"] == ((2, 9, 3, 2, 32), (2, 1, 2, 2, 32), True, True)
+    assert seen["cross"] == ((3, 8, 3, 2, 32), True)
+
+
+class _Creations(TorchDispatchMode):
+    """Records (op, numel) of every tensor an aten/custom op returns (views excluded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        rets = func._schema.returns
+        if not (rets and rets[0].alias_info is not None):  # views and in-place results create nothing
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.made.append((str(func), t.numel()))
+        return out
+
+
+def _packed_grad_creations(module, inputs, op_path: bool):
+    """Ops that create a tensor the size of the packed qkv gradient during ``module``'s backward."""
+    x = inputs[0]
+    packed = x.shape[0] * x.shape[1] * 3 * module.embed_dim
+    if op_path:  # a dispatch mode during the forward: the custom-op path (torch.ops.xclip.*)
+        with _Creations():
+            out = module(*inputs)
+    else:  # plain eager: the autograd.Function fast path
+        out = module(*inputs)
+    g = torch.randn_like(out)
+    with _Creations() as rec:
+        out.backward(g)
+    return [op for op, n in rec.made if n == packed]
+
+
+@pytest.mark.parametrize("op_path", [False, True], ids=["eager", "custom-op"])
+@pytest.mark.parametrize("which", ["cross", "intra"])
+def test_backward_writes_one_packed_gradient(which, op_path):
+    """#12: the backward creates one tensor the size of the packed qkv gradient (the one the op
+    writes), no stack/cat of dq, dk, dv. Sizes chosen so no other tensor has that many elements."""
+    torch.manual_seed(4)
+    if which == "cross":
+        mod, inputs = CrossFrameAttention(64, 2, backend="torch"), (torch.randn(3, 7, 64, requires_grad=True),)
+    else:
+        mod = IntraFrameAttention(64, 2, backend="torch")
+        inputs = (torch.randn(3, 7, 64, requires_grad=True), torch.randn(3, 1, 64, requires_grad=True))
+    made = _packed_grad_creations(mod, inputs, op_path)
+    assert len(made) == 1, made
+    assert "stack" not in made[0] and "cat" not in made[0], made
+
+
+def test_packed_gradient_detector_flags_the_unbind_path():
+    """The check above can fail: unbinding the projection and calling the plain op stacks dq/dk/dv."""
+
+    class Unbound(CrossFrameAttention):
+        def forward(self, x):
+            q, k, v = self._project(x, 0, 3).unbind(-3)
+            return self._out(xk.cross_frame_attn(q, k, v, backend=self.backend))
+
+    mod = Unbound(64, 2, backend="torch")
+    made = _packed_grad_creations(mod, (torch.randn(3, 7, 64, requires_grad=True),), op_path=False)
+    assert any("stack" in op for op in made), made
 
 
 def test_backend_and_bad_input():

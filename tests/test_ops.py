@@ -193,3 +193,76 @@ def test_custom_scale_is_used():
     out = xk.cross_frame_attn(q, k, v, scale=0.123)
     torch.testing.assert_close(out, oracle("cross_frame_attn", [q, k, v], scale=0.123))
     assert not torch.allclose(out, xk.cross_frame_attn(q, k, v))
+
+
+# --- the torch backend's CPU path (PyTorch's CPU flash-attention kernels) ---------------
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("layout", ["contiguous", "packed", "seqfirst", "lastdim-strided"])
+def test_torch_cpu_flash_path_equals_eager_definition_float64(op, layout):
+    """reference.cpu_* (the torch backend on the CPU) against the explicit float64 definitions."""
+    from xclip_kernels import reference as R
+
+    case = {"cross_frame_attn": dict(B=2, T=9, H=3, D=80), "intra_frame_attn": dict(F=3, N=17, M=3, H=2, D=64),
+            "prompt_cross_attn": dict(B=3, K=7, N=19, H=2, D=32, shared=True)}[op]
+    if layout == "lastdim-strided":  # a head dim that is not the innermost stride
+        tensors = [t.transpose(-1, -2).contiguous().transpose(-1, -2)
+                   for t in make_inputs(op, case, torch.float64, "cpu", "contiguous", seed=21)]
+        assert tensors[0].stride(-1) != 1
+    else:
+        tensors = make_inputs(op, case, torch.float64, "cpu", layout, seed=21)
+    out, lse = getattr(R, f"cpu_{op}_fwd")(*tensors, 0.37)
+    out0, lse0 = getattr(R, f"{op}_fwd")(*tensors, 0.37)
+    assert out.is_contiguous() and out.dtype == torch.float64 and lse.dtype == torch.float64
+    torch.testing.assert_close(out, out0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lse, lse0, rtol=0, atol=1e-12)
+    do = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
+    for do_ in (do, torch.ones(()).double().expand(out.shape)):  # also a stride-0 gradient (from .sum())
+        grads = getattr(R, f"cpu_{op}_bwd")(do_, *tensors, out, lse, 0.37)
+        grads0 = getattr(R, f"{op}_bwd")(do_, *tensors, out0, lse0, 0.37)
+        for g, g0, t in zip(grads, grads0, tensors):
+            assert g.shape == t.shape
+            torch.testing.assert_close(g, g0, rtol=0, atol=1e-12)
+
+
+def test_torch_backend_uses_the_cpu_flash_kernel():
+    q, k, v = make_inputs("cross_frame_attn", dict(B=2, T=5, H=2, D=8), torch.float32, "cpu", seed=1)
+    with torch.profiler.profile() as prof:
+        xk.cross_frame_attn(q, k, v, backend="torch")
+    names = {e.name for e in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names and "aten::bmm" not in names
+
+
+@pytest.mark.parametrize("backend,device", _backend_params())
+@pytest.mark.parametrize("op", ["cross_frame_attn_packed", "intra_frame_attn_packed", "prompt_cross_attn_packed"])
+def test_packed_variants_vs_float64(op, backend, device):
+    """The packed ops against the float64 oracle: output and the one packed gradient per argument."""
+    base = op.replace("_packed", "")
+    case = {"cross_frame_attn": dict(B=2, T=7, H=2, D=32), "intra_frame_attn": dict(F=2, N=9, M=2, H=2, D=32),
+            "prompt_cross_attn": dict(B=2, K=5, N=9, H=2, D=32, shared=True)}[base]
+    _skip_unless_runnable(backend, device, torch.float32, case)
+    g = torch.Generator().manual_seed(9)
+    H, D = case["H"], case["D"]
+    if base == "cross_frame_attn":
+        packed = [torch.randn(case["B"], case["T"], 3, H, D, generator=g)]
+    elif base == "intra_frame_attn":
+        packed = [torch.randn(case["F"], case["N"], 3, H, D, generator=g),
+                  torch.randn(case["F"], case["M"], 2, H, D, generator=g)]
+    else:
+        packed = [torch.randn(case["K"], H, D, generator=g), torch.randn(case["B"], case["N"], 2, H, D, generator=g)]
+    packed = [t.to(device).requires_grad_(True) for t in packed]
+    out = getattr(xk, op)(*packed, backend=backend)
+    p64 = [t.detach().double().cpu().requires_grad_(True) for t in packed]
+    split = [u for t in p64 for u in (t.unbind(2) if t.dim() == 5 else (t,))]
+    ref64 = oracle(base, split)
+    teager = [t.detach().clone().requires_grad_(True) for t in packed]
+    split_e = [u for t in teager for u in (t.unbind(2) if t.dim() == 5 else (t,))]
+    eager = eager_same_dtype(base, split_e)
+    assert_close_rule(f"{op} out", out.cpu(), ref64, eager.cpu(), ATOL[torch.float32])
+    do = torch.randn(out.shape, generator=g).to(device)
+    ref64 = eager_same_dtype(base, split)  # differentiable float64 truth (checked against the oracle above)
+    for gk, g64, ge in zip(torch.autograd.grad(out, packed, do), torch.autograd.grad(ref64, p64, do.double().cpu()),
+                           torch.autograd.grad(eager, teager, do)):
+        assert gk.shape == g64.shape and gk.is_contiguous()
+        assert_close_rule(f"{op} grad", gk.cpu(), g64, ge.cpu(), ATOL[torch.float32] * 4)

@@ -124,3 +124,36 @@ def test_direct_custom_op_call_is_validated():
     q, k, v = qkv()
     with pytest.raises(ValueError, match=r"argument 'v' has shape"):
         torch.ops.xclip.cross_frame_attn_fwd(q, k, v[:, :2], 0.25, "torch")
+
+
+def test_packed_variants_name_the_bad_argument():
+    with pytest.raises(ValueError, match=r"cross_frame_attn_packed: argument 'qkv' must be 5-D \[B, T, 3, H, D\]"):
+        xk.cross_frame_attn_packed(torch.randn(2, 4, 2, 16))
+    with pytest.raises(ValueError, match=r"argument 'qkv' has shape \(2, 4, 2, 2, 16\): the q/k/v axis"):
+        xk.cross_frame_attn_packed(torch.randn(2, 4, 2, 2, 16))
+    qkv = torch.randn(2, 5, 3, 2, 16)
+    with pytest.raises(ValueError, match=r"argument 'kv_msg' has shape .*the k/v axis"):
+        xk.intra_frame_attn_packed(qkv, torch.randn(2, 1, 3, 2, 16))
+    with pytest.raises(ValueError, match=r"argument 'k_msg' has shape .*frames F"):
+        xk.intra_frame_attn_packed(qkv, torch.randn(3, 1, 2, 2, 16))
+    with pytest.raises(ValueError, match=r"M = 9 messages"):
+        xk.intra_frame_attn_packed(qkv, torch.randn(2, 9, 2, 2, 16))
+    with pytest.raises(ValueError, match=r"argument 'k_msg' has dtype float64"):
+        xk.intra_frame_attn_packed(qkv, torch.randn(2, 1, 2, 2, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"prompt_cross_attn_packed: argument 'kv' must be 5-D"):
+        xk.prompt_cross_attn_packed(torch.randn(4, 2, 16), torch.randn(2, 5, 2, 16))
+    with pytest.raises(ValueError, match=r"argument 'k' has shape .*heads H"):
+        xk.prompt_cross_attn_packed(torch.randn(4, 2, 16), torch.randn(2, 5, 2, 3, 16))
+
+
+def test_validation_runs_on_every_call_after_a_cached_choice():
+    """The backend choice is cached; the checks are not: a bad call after good ones still raises."""
+    q, k, v = qkv()
+    for _ in range(2):
+        xk.cross_frame_attn(q, k, v)
+    with pytest.raises(ValueError, match=r"argument 'v' has shape .*frames T"):
+        xk.cross_frame_attn(q, k, v[:, :3])
+    with pytest.raises(ValueError, match=r"argument 'k' has dtype float64"):
+        xk.cross_frame_attn(q, k.double(), v)
+    with pytest.raises(ValueError, match=r"argument 'scale' must be a finite float"):
+        xk.cross_frame_attn(q, k, v, scale=float("nan"))

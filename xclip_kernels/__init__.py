@@ -21,6 +21,9 @@ __all__ = [
     "cross_frame_attn",
     "intra_frame_attn",
     "prompt_cross_attn",
+    "cross_frame_attn_packed",
+    "intra_frame_attn_packed",
+    "prompt_cross_attn_packed",
     "available_backends",
     "BackendStatus",
     "BACKEND_NAMES",
@@ -63,6 +66,30 @@ def prompt_cross_attn(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = 
     ``[B, N, H, D]`` -> ``[B, K, H, D]``.
     """
     return _pc.op(q, k, v, scale=scale, backend=backend)
+
+
+# --- packed variants: the ops on a packed projection, one packed gradient back -----
+
+
+def cross_frame_attn_packed(qkv: Tensor, *, scale: float | None = None, backend: str | None = None) -> Tensor:
+    """:func:`cross_frame_attn` on the packed projection ``qkv [B, T, 3, H, D]`` -> ``[B, T, H, D]``.
+
+    The backward writes one gradient ``[B, T, 3, H, D]`` (no stack of dq, dk, dv).
+    """
+    return _cf.packed_op(qkv, scale=scale, backend=backend)
+
+
+def intra_frame_attn_packed(
+    qkv: Tensor, kv_msg: Tensor, *, scale: float | None = None, backend: str | None = None
+) -> Tensor:
+    """:func:`intra_frame_attn` on packed projections: ``qkv [F, N, 3, H, D]``,
+    ``kv_msg [F, M, 2, H, D]`` -> ``[F, N, H, D]``; one packed gradient per argument."""
+    return _if.packed_op(qkv, kv_msg, scale=scale, backend=backend)
+
+
+def prompt_cross_attn_packed(q: Tensor, kv: Tensor, *, scale: float | None = None, backend: str | None = None) -> Tensor:
+    """:func:`prompt_cross_attn` with k and v packed: ``kv [B, N, 2, H, D]``; one packed gradient for ``kv``."""
+    return _pc.packed_op(q, kv, scale=scale, backend=backend)
 
 
 def build_info() -> dict:

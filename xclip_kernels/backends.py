@@ -8,17 +8,27 @@ backend lists every reason; ``auto`` takes the first backend in
 
 Kernel interface every backend implements, per op name ``op`` in
 ``OPS``: ``forward(op, tensors, scale) -> (out, lse)`` and
-``backward(op, do, tensors, out, lse, scale) -> grads`` where ``tensors`` are
-the op's tensor arguments in schema order, ``out`` is contiguous with the
-query's shape and dtype, ``lse`` is float32 ``[batch, heads, q_len]``
-contiguous (float64 for float64 inputs), and each gradient has the shape and
-dtype of its input.
+``backward(op, do, tensors, out, lse, scale, grads=None) -> grads`` where
+``tensors`` are the op's tensor arguments in schema order, ``out`` is
+contiguous with the query's shape and dtype, ``lse`` is float32
+``[batch, heads, q_len]`` contiguous (float64 for float64 inputs), and each
+gradient has the shape and dtype of its input. ``grads``, when given, is a
+tuple of preallocated gradient tensors (any strides: views of one packed
+gradient) that the backward writes and returns.
+
+Dispatch is cached: :func:`resolve_backend` keys the choice on (op, device,
+dtype, head dim, size class, requested backend, ``XCLIP_KERNELS_BACKEND``,
+``TRITON_INTERPRET``). A backend's reasons may therefore depend on the sizes
+only through their size class (the power-of-two class of batch*heads, q_len
+and kv_len, and the exact message count). :func:`clear_dispatch_cache` forgets
+the choices (after something that changes availability, in tests).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -101,8 +111,17 @@ class Backend:
     def forward(self, op: str, tensors: Sequence[Tensor], scale: float):  # pragma: no cover
         raise NotImplementedError
 
-    def backward(self, op, do, tensors, out, lse, scale):  # pragma: no cover
+    def backward(self, op, do, tensors, out, lse, scale, grads=None):  # pragma: no cover
         raise NotImplementedError
+
+
+def _into(grads, computed):
+    """Copy freshly computed gradients into the caller's preallocated ``grads`` (or pass them through)."""
+    if grads is None:
+        return tuple(computed)
+    for g, c in zip(grads, computed):
+        g.copy_(c)
+    return tuple(grads)
 
 
 class TorchBackend(Backend):
@@ -117,11 +136,20 @@ class TorchBackend(Backend):
     def device_reason(self, device):
         return None
 
-    def forward(self, op, tensors, scale):
-        return getattr(reference, f"{op}_fwd")(*tensors, scale)
+    # CPU tensors go through PyTorch's CPU flash-attention kernels (reference.cpu_*),
+    # other devices through the explicit eager definitions.
+    _FWD = {op: (getattr(reference, f"cpu_{op}_fwd"), getattr(reference, f"{op}_fwd")) for op in OPS}
+    _BWD = {op: (getattr(reference, f"cpu_{op}_bwd"), getattr(reference, f"{op}_bwd")) for op in OPS}
 
-    def backward(self, op, do, tensors, out, lse, scale):
-        return getattr(reference, f"{op}_bwd")(do, *tensors, out, lse, scale)
+    def forward(self, op, tensors, scale):
+        cpu, eager = self._FWD[op]
+        return (cpu if tensors[0].device.type == "cpu" else eager)(*tensors, scale)
+
+    def backward(self, op, do, tensors, out, lse, scale, grads=None):
+        # The eager kernels cannot write into strided outputs: with ``grads``
+        # the result is copied into them (one pass; the torch backend only).
+        cpu, eager = self._BWD[op]
+        return _into(grads, (cpu if do.device.type == "cpu" else eager)(do, *tensors, out, lse, scale))
 
 
 def _interpreting() -> bool:
@@ -186,11 +214,20 @@ class TritonBackend(Backend):
         mod = self._module(inputs.op)
         return list(mod.not_supported_reasons(inputs)) if hasattr(mod, "not_supported_reasons") else []
 
+    @functools.lru_cache(maxsize=None)
+    def _takes_grads(self, op: str) -> bool:
+        return "grads" in inspect.signature(self._module(op).backward).parameters
+
     def forward(self, op, tensors, scale):
         return self._module(op).forward(*tensors, scale)
 
-    def backward(self, op, do, tensors, out, lse, scale):
-        return self._module(op).backward(do, *tensors, out, lse, scale)
+    def backward(self, op, do, tensors, out, lse, scale, grads=None):
+        mod = self._module(op)
+        if grads is None:
+            return mod.backward(do, *tensors, out, lse, scale)
+        if self._takes_grads(op):  # the kernels write into the caller's (strided) views
+            return tuple(mod.backward(do, *tensors, out, lse, scale, grads=grads))
+        return _into(grads, mod.backward(do, *tensors, out, lse, scale))  # kernels without grads=: one copy
 
 
 class CudaBackend(Backend):
@@ -218,8 +255,10 @@ class CudaBackend(Backend):
     def forward(self, op, tensors, scale):
         return tuple(getattr(torch.ops.xclip, f"{op}_fwd_cuda")(*tensors, scale))
 
-    def backward(self, op, do, tensors, out, lse, scale):
-        return tuple(getattr(torch.ops.xclip, f"{op}_bwd_cuda")(do, *tensors, out, lse, scale))
+    def backward(self, op, do, tensors, out, lse, scale, grads=None):
+        # The C++ ops allocate their outputs; with ``grads`` the result is copied
+        # into the caller's views (one extra pass; csrc/ takes no output tensors yet).
+        return _into(grads, getattr(torch.ops.xclip, f"{op}_bwd_cuda")(do, *tensors, out, lse, scale))
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (TritonBackend(), CudaBackend(), TorchBackend())}
@@ -260,3 +299,38 @@ def select_backend(inputs: OpInputs, requested: str | None) -> str:
         f"(device {inputs.device}, dtype {str(inputs.dtype).replace('torch.', '')}, "
         f"head_dim {inputs.head_dim}): {detail}"
     )
+
+
+# --- the cached dispatch decision ---------------------------------------------------
+
+_CACHE: dict[tuple, str] = {}
+_environ = os.environ
+
+
+def clear_dispatch_cache() -> None:
+    """Forget every cached backend choice (after a change to what is available)."""
+    _CACHE.clear()
+
+
+def resolve_backend(op: str, device: torch.device, dtype: torch.dtype, sizes: tuple, requested: str | None) -> str:
+    """:func:`select_backend` for validated inputs, cached per dispatch key.
+
+    ``sizes`` is ``(head_dim, batch_heads, q_len, kv_len, num_msg)``. The key
+    holds the environment variables read at call time, so changing
+    ``XCLIP_KERNELS_BACKEND`` (or ``TRITON_INTERPRET``) takes effect on the
+    next call. A request that cannot run raises ``ValueError`` and is not cached.
+    """
+    D, bh, lq, lk, m = sizes
+    try:
+        key = (
+            op, device, dtype, D, bh.bit_length(), lq.bit_length(), lk.bit_length(), m, requested,
+            _environ.get(ENV_VAR) if not requested else None, _environ.get("TRITON_INTERPRET"),
+        )
+        name = _CACHE.get(key)
+    except (AttributeError, TypeError):  # symbolic sizes (tracing with dynamic shapes): not cached
+        key = name = None
+    if name is None:
+        name = select_backend(OpInputs(op, device, dtype, D, bh, lq, lk, m), None if requested == "" else requested)
+        if key is not None:
+            _CACHE[key] = name
+    return name

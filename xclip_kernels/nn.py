@@ -6,8 +6,11 @@ Parameters are laid out like :class:`torch.nn.MultiheadAttention`
 into them unchanged. Inputs are batch-first.
 
 Each module does one fused input-projection matmul per input tensor and hands
-*views* of the packed projection (``[..., 3, H, D]`` unbound) to the op: the ops
-accept any strides, so no per-head copies are made.
+the packed projection (``[..., 3, H, D]``, a view of the matmul's output) to
+the op's packed variant (``xk.*_packed``): the kernels read q, k and v through
+their strides, and the backward writes one packed gradient that the
+projection's backward consumes as is (no per-head copies forward, no stack of
+dq/dk/dv backward).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cross_frame_attn, intra_frame_attn, prompt_cross_attn
+from . import cross_frame_attn_packed, intra_frame_attn_packed, prompt_cross_attn_packed
 from .backends import BACKEND_NAMES
 
 __all__ = ["CrossFrameAttention", "IntraFrameAttention", "PromptCrossAttention"]
@@ -99,8 +102,8 @@ class CrossFrameAttention(_PackedAttention):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input("x", x, (3,), "[B, T, E]")
-        q, k, v = self._project(x, 0, 3).unbind(-3)  # views of one [B, T, 3, H, D] projection
-        o = cross_frame_attn(q, k, v, backend=self.backend)
+        qkv = self._project(x, 0, 3)  # [B, T, 3, H, D], a view of one projection
+        o = cross_frame_attn_packed(qkv, backend=self.backend)
         return self._out(o)
 
 
@@ -120,9 +123,7 @@ class IntraFrameAttention(_PackedAttention):
                 f"IntraFrameAttention: 'msg' has {msg.shape[0]} frames (shape {tuple(msg.shape)}), "
                 f"expected {x.shape[0]} (the frames of 'x', shape {tuple(x.shape)})"
             )
-        q, k, v = self._project(x, 0, 3).unbind(-3)
-        k_msg, v_msg = self._project(msg, 1, 2).unbind(-3)
-        o = intra_frame_attn(q, k, v, k_msg, v_msg, backend=self.backend)
+        o = intra_frame_attn_packed(self._project(x, 0, 3), self._project(msg, 1, 2), backend=self.backend)
         return self._out(o)
 
 
@@ -146,6 +147,5 @@ class PromptCrossAttention(_PackedAttention):
                 f"expected {key_value.shape[0]} (the batch of 'key_value', shape {tuple(key_value.shape)})"
             )
         q = self._project(query, 0, 1).squeeze(-3)
-        k, v = self._project(key_value, 1, 2).unbind(-3)
-        o = prompt_cross_attn(q, k, v, backend=self.backend)
+        o = prompt_cross_attn_packed(q, self._project(key_value, 1, 2), backend=self.backend)
         return self._out(o)

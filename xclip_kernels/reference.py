@@ -8,6 +8,14 @@ input gradients, both written explicitly (no autograd inside), so they can run
 inside a custom-op implementation. ``lse`` is the per-row log-sum-exp of the
 scaled scores, shape ``[batch, heads, q_len]`` in float32 (float64 for float64
 inputs). Statistics and accumulation are in float32 for 16-bit inputs.
+
+The ``cpu_*`` functions compute the same on CPU tensors through PyTorch's
+CPU flash-attention kernels (the kernels behind
+``torch.nn.functional.scaled_dot_product_attention``, called through the aten
+ops that also return the log-sum-exp and take it back in the backward): one
+fused kernel instead of explicit matmuls, no float32 copies of the inputs,
+inputs read in place through their strides. They are the `torch` backend's
+CPU path; the explicit definitions above them stay the oracle.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ __all__ = [
     "cross_frame_attn",
     "intra_frame_attn",
     "prompt_cross_attn",
+    "cpu_attention_fwd",
+    "cpu_attention_bwd",
+    "cpu_cross_frame_attn_fwd",
+    "cpu_cross_frame_attn_bwd",
+    "cpu_intra_frame_attn_fwd",
+    "cpu_intra_frame_attn_bwd",
+    "cpu_prompt_cross_attn_fwd",
+    "cpu_prompt_cross_attn_bwd",
 ]
 
 
@@ -128,6 +144,72 @@ def prompt_cross_attn_fwd(q, k, v, scale):
 def prompt_cross_attn_bwd(do, q, k, v, o, lse, scale):
     dq, (dk,), (dv,) = attention_bwd(do, _prompt_q(q, k.shape[0]), [k], [v], o, lse, scale)
     if q.dim() == 3:  # shared queries: their gradient is the sum over videos
+        dq = dq.to(_acc_dtype(q.dtype)).sum(0).to(q.dtype)
+    return dq, dk, dv
+
+
+# --- the CPU path: PyTorch's CPU flash-attention kernels ----------------------
+
+_flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_flash_cpu_bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+
+def _heads(x: Tensor) -> Tensor:
+    """[B, L, H, D] -> [B, H, L, D] view; the kernels need a unit head-dim stride."""
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        x = x.contiguous()
+    return x.transpose(1, 2)
+
+
+def _keys(xs: Sequence[Tensor]) -> Tensor:
+    # one key source is read in place; the message keys of (b) are appended (a
+    # copy of k and v: on the CPU this measured faster than merging a second
+    # softmax term into the output, see benchmarks/RESULTS.md)
+    return _heads(xs[0]) if len(xs) == 1 else torch.cat(xs, dim=1).transpose(1, 2)
+
+
+def cpu_attention_fwd(q: Tensor, ks: Sequence[Tensor], vs: Sequence[Tensor], scale: float) -> tuple[Tensor, Tensor]:
+    """:func:`attention_fwd` through the CPU flash kernel: out [B, Lq, H, D] contiguous, lse [B, H, Lq]."""
+    o, lse = _flash_cpu(_heads(q), _keys(ks), _keys(vs), scale=scale)
+    # the kernel usually writes o in [B, Lq, H, D] order (then this is no copy); not for every query layout
+    return o.transpose(1, 2).contiguous(), lse
+
+
+def cpu_attention_bwd(do, q, ks, vs, o, lse, scale):
+    """:func:`attention_bwd` through the CPU flash kernel's backward; dks/dvs split back per source."""
+    dq, dk, dv = _flash_cpu_bwd(_heads(do), _heads(q), _keys(ks), _keys(vs), _heads(o), lse, 0.0, False, scale=scale)
+    dq, dk, dv = dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+    if len(ks) == 1:
+        return dq, [dk], [dv]
+    n = ks[0].shape[1]  # two sources: (b)'s patch keys and message keys
+    return dq, [dk[:, :n], dk[:, n:]], [dv[:, :n], dv[:, n:]]
+
+
+def cpu_cross_frame_attn_fwd(q, k, v, scale):
+    return cpu_attention_fwd(q, [k], [v], scale)
+
+
+def cpu_cross_frame_attn_bwd(do, q, k, v, o, lse, scale):
+    dq, (dk,), (dv,) = cpu_attention_bwd(do, q, [k], [v], o, lse, scale)
+    return dq, dk, dv
+
+
+def cpu_intra_frame_attn_fwd(q, k, v, k_msg, v_msg, scale):
+    return cpu_attention_fwd(q, [k, k_msg], [v, v_msg], scale)
+
+
+def cpu_intra_frame_attn_bwd(do, q, k, v, k_msg, v_msg, o, lse, scale):
+    dq, (dk, dkm), (dv, dvm) = cpu_attention_bwd(do, q, [k, k_msg], [v, v_msg], o, lse, scale)
+    return dq, dk, dv, dkm, dvm
+
+
+def cpu_prompt_cross_attn_fwd(q, k, v, scale):
+    return cpu_attention_fwd(_prompt_q(q, k.shape[0]), [k], [v], scale)  # shared q: a stride-0 view
+
+
+def cpu_prompt_cross_attn_bwd(do, q, k, v, o, lse, scale):
+    dq, (dk,), (dv,) = cpu_attention_bwd(do, _prompt_q(q, k.shape[0]), [k], [v], o, lse, scale)
+    if q.dim() == 3:
         dq = dq.to(_acc_dtype(q.dtype)).sum(0).to(q.dtype)
     return dq, dk, dv
 

@@ -243,8 +243,7 @@ class PromptAttention(nn.Module):
         H, D = self.num_heads, self.head_dim
         q = self.q_proj(query).unflatten(-1, (H, D))
         kv = F.linear(visual, torch.cat([self.k_proj.weight, self.v_proj.weight]))  # one matmul for k and v
-        k, v = kv.unflatten(-1, (2, H, D)).unbind(-3)
-        o = xk.prompt_cross_attn(q, k, v, backend=self.backend)
+        o = xk.prompt_cross_attn_packed(q, kv.unflatten(-1, (2, H, D)), backend=self.backend)  # one packed dkv
         return self.proj(o.flatten(-2))
 
 
