@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             save_checkpoint(model, args.output)
     except ValueError as e:
-        print(f"xclip convert: error: {e}", file=sys.stderr)
-        return 2
+        from xclip.apps.cli import user_error
+
+        return user_error("xclip convert", e)
     n = sum(p.numel() for p in model.parameters())
     c = model.config
     print(f"converted {args.input} -> {args.output} ({args.to}): {c.arch or 'custom'} {c.num_frames} frames, "

@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except ValueError as e:
-        print(f"xclip eval: error: {e}", file=sys.stderr)
-        return 2
+        from xclip.apps.cli import user_error
+
+        return user_error("xclip eval", e)
 
 
 def run(args) -> int:

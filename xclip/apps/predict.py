@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
                       device=device, decoder=args.decoder, num_workers=args.num_workers,
                       progress=not args.no_progress, crop_pct=args.crop_pct)
     except ValueError as e:
-        print(f"xclip predict: error: {e}", file=sys.stderr)
-        return 2
+        from xclip.apps.cli import user_error
+
+        return user_error("xclip predict", e)
     for r in out:
         print(r["video"])
         for t in r["top_k"]:

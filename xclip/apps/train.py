@@ -25,11 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from xclip.apps.cli import user_error
+
     try:
         cfg = load_config(args.config, args.overrides)
     except ValueError as e:
-        print(f"xclip train: {e}", file=sys.stderr)
-        return 2
+        return user_error("xclip train", e)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"xclip train: {e}", file=sys.stderr)
         return 3
+    except (ValueError, OSError) as e:  # empty list, bad label, missing resume path, unwritable output, disk full
+        return user_error("xclip train", e)
     if summary.get("test"):
         t = summary["test"]
         print(f"final test ({t['views']} views): top1 {t['top1']:.2f}%")

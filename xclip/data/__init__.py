@@ -24,7 +24,7 @@ Public interface (stable; the training and evaluation code build on it):
 
 from .build import build_data_loader, build_dataset
 from .dataset import SkippedVideo, SkipTracker, VideoDataset, collate_videos
-from .lists import parse_video_list, read_labels, read_video_list, write_video_list
+from .lists import check_list_labels, parse_video_list, read_labels, read_video_list, write_video_list
 from .loader import ShardSampler, build_loader, set_epoch
 from .sampling import dense_indices, sample_indices, segment_indices
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, scale_size, test_transform, train_transform
@@ -32,7 +32,7 @@ from .video_io import VideoDecodeError, open_video, write_video
 from .frame_cache import FrameCache, cached_dataset
 
 __all__ = [
-    "read_video_list", "read_labels", "parse_video_list", "write_video_list",
+    "read_video_list", "read_labels", "parse_video_list", "write_video_list", "check_list_labels",
     "VideoDataset", "collate_videos", "SkippedVideo", "SkipTracker",
     "build_loader", "set_epoch", "ShardSampler", "build_dataset", "build_data_loader", "FrameCache", "cached_dataset",
     "segment_indices", "dense_indices", "sample_indices",

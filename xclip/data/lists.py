@@ -20,7 +20,25 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 
-__all__ = ["read_video_list", "read_labels", "write_video_list", "parse_video_list"]
+__all__ = ["read_video_list", "read_labels", "write_video_list", "parse_video_list", "check_list_labels"]
+
+
+def _text_lines(path: str, what: str) -> list[str]:
+    """The lines of a UTF-8 text file; a ValueError naming the file and line if it is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"{what} {path!r} could not be read: {e.strerror or e}") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # UTF-8 byte-order mark
+    lines = data.decode("utf-8", errors="surrogateescape").splitlines()
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} {path!r}, line {lineno}: not valid UTF-8 text (save the file as UTF-8)") from None
+    return lines
 
 
 def parse_video_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[tuple[str, int]]:
@@ -29,30 +47,55 @@ def parse_video_list(list_file: str | os.PathLike, root: str | os.PathLike | Non
     if not os.path.isfile(list_file):
         raise ValueError(f"video list {list_file!r} does not exist or is not a file")
     items: list[tuple[str, int]] = []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(None, 1)
-            if len(parts) != 2:
-                raise ValueError(
-                    f"{list_file}, line {lineno}: expected '<relative path> <label id>', got {line!r}"
-                )
-            rel, lab = parts
-            try:
-                label = int(lab)
-            except ValueError:
-                raise ValueError(
-                    f"{list_file}, line {lineno}: label {lab!r} is not an integer (line {line!r})"
-                ) from None
-            if label < 0:
-                raise ValueError(f"{list_file}, line {lineno}: label {label} is negative (line {line!r})")
-            path = rel if root is None else os.path.abspath(os.path.join(os.fspath(root), rel))
-            items.append((path, label))
+    for lineno, raw in enumerate(_text_lines(list_file, "video list"), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2:
+            raise ValueError(
+                f"{list_file}, line {lineno}: expected '<relative path> <label id>', got {line!r}"
+            )
+        rel, lab = parts
+        try:
+            label = int(lab)
+        except ValueError:
+            raise ValueError(
+                f"{list_file}, line {lineno}: label {lab!r} is not an integer (line {line!r})"
+            ) from None
+        if label < 0:
+            raise ValueError(f"{list_file}, line {lineno}: label {label} is negative (line {line!r})")
+        path = rel if root is None else os.path.abspath(os.path.join(os.fspath(root), rel))
+        items.append((path, label))
     if not items:
         raise ValueError(f"video list {list_file!r} contains no samples")
     return items
+
+
+def check_list_labels(source, num_classes: int, labels: str = "the labels", what: str = "video list") -> None:
+    """Every label of a video list (a file or ``[(path, label)]``) is a class id below ``num_classes``.
+
+    Raises ``ValueError`` naming the list file, the line (or item) and the id,
+    so a bad id stops a run before its first step instead of mid-epoch.
+    """
+    n = int(num_classes)
+    if isinstance(source, (str, os.PathLike)):
+        list_file = os.fspath(source)
+        parse_video_list(list_file)  # format errors first (missing file, bad line, not UTF-8)
+        for lineno, raw in enumerate(_text_lines(list_file, what), start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            label = int(line.rsplit(None, 1)[1])
+            if label >= n:
+                raise ValueError(f"{what} {list_file}, line {lineno}: label id {label} but {labels} has {n} "
+                                 f"class(es) (ids 0..{n - 1})")
+        return
+    for k, item in enumerate(source):
+        label = int(item[1])
+        if not 0 <= label < n:
+            raise ValueError(f"{what}, item {k} ({item[0]}): label id {label} but {labels} has {n} class(es) "
+                             f"(ids 0..{n - 1})")
 
 
 def read_video_list(list_file: str | os.PathLike, root: str | os.PathLike) -> list[tuple[str, int]]:
@@ -78,8 +121,7 @@ def write_video_list(items: Iterable[tuple[str, int]], list_file: str | os.PathL
 
 
 def _labels_from_csv(path: str) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        text = f.read()
+    text = "\n".join(_text_lines(path, "labels file"))
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(f"labels file {path!r} is empty")

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xclip.config import RunConfig, dump_config, to_config
-from xclip.data import build_data_loader, build_dataset, read_labels, set_epoch
+from xclip.data import build_data_loader, build_dataset, check_list_labels, read_labels, set_epoch
 from xclip.model import create_model, load_pretrained, tokenize
 from xclip.runtime import DistInfo, all_reduce_sum, amp_dtype, autocast, barrier, cleanup, init_distributed
 
@@ -245,6 +245,7 @@ class Trainer:
             from xclip.data import FrameCache
 
             self.frame_cache = FrameCache(d.decoder)
+        self.check_lists()
         self.train_loader = self._loader(d.train_list, train=True)
         self.val_loader = self._loader(d.val_list, train=False) if d.val_list and t.eval_every > 0 else None
         if self.frame_cache is not None:  # decode up front (workers forked later share the frames)
@@ -262,6 +263,14 @@ class Trainer:
                              f"{t.accumulation_steps}: lower train.batch_size ({t.batch_size}) or "
                              f"train.accumulation_steps, or add training videos "
                              f"({len(self.train_loader.dataset)} in {d.train_list})")
+
+    def check_lists(self) -> None:
+        """Every label id of the train, val and test lists names a class of ``data.labels``, before the first step."""
+        d = self.cfg.data
+        for key in ("train_list", "val_list", "test_list"):
+            source = getattr(d, key)
+            if source:
+                check_list_labels(source, self.num_classes, labels=f"data.labels ({d.labels!r})", what=f"data.{key}")
 
     def _setup_optim(self) -> None:
         t = self.cfg.train
