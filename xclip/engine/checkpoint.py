@@ -16,6 +16,7 @@ file wins a tie) that loads and has the required keys.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import random
@@ -28,10 +29,12 @@ import numpy as np
 import torch
 
 __all__ = ["atomic_save", "load_checkpoint", "checkpoint_name", "list_checkpoints", "find_latest_valid",
-           "get_rng_state", "set_rng_state", "REQUIRED_KEYS", "prune_step_checkpoints"]
+           "get_rng_state", "set_rng_state", "REQUIRED_KEYS", "prune_step_checkpoints", "remove_stale_temporaries"]
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step")
 _NAME_RE = re.compile(r"^(?:(epoch)_(\d+)|step)_s(\d+)\.pth$")
+# atomic_save's temporaries: "." + target name + "." + mkstemp's random part + ".tmp"
+_TMP_RE = re.compile(r"^\.((?:epoch_\d+_s\d+|step_s\d+|best)\.pth)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -44,9 +47,13 @@ def atomic_save(obj: Any, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_disk_full(e):
+            raise OSError(errno.ENOSPC, f"no space left on device in {directory} while writing checkpoint "
+                          f"{os.path.basename(path)}; the previous checkpoints there are intact (free space, "
+                          "then resume with train.resume=auto)") from e
         raise
     try:  # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
@@ -56,6 +63,44 @@ def atomic_save(obj: Any, path: str) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, raised directly or wrapped by torch.save (a RuntimeError from its zip writer)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, RuntimeError) and ("No space left" in str(e) or "file write failed" in str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def remove_stale_temporaries(directory: str, log=print) -> list[str]:
+    """Delete the temporaries a killed :func:`atomic_save` left in ``directory`` (only names it makes).
+
+    Call it when a run starts or resumes, before this run writes anything:
+    a temporary is never renamed once its writer is gone. Returns the paths
+    removed.
+    """
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        if not _TMP_RE.match(name):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            size = os.path.getsize(path)
+            os.unlink(path)
+        except OSError as e:
+            warnings.warn(f"could not delete stale checkpoint temporary {path}: {e}")
+            continue
+        removed.append(path)
+        log(f"removed stale checkpoint temporary {name} ({size / 2**20:.1f} MiB) left by an interrupted write")
+    return removed
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:

@@ -343,6 +343,8 @@ class Trainer:
         whether a checkpoint was loaded.
         """
         resume = self.cfg.train.resume if resume is None else resume
+        if self.dist.is_main:  # a run killed mid-write left these; nothing renames them any more
+            ckpt_lib.remove_stale_temporaries(self.cfg.output, log=self.log.info)
         found = None
         if resume == "auto":
             found = ckpt_lib.find_latest_valid(self.cfg.output, log=self.log.info)
