@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"], help="autocast dtype (default train.amp on CUDA)")
+    p.add_argument("--preprocessing", default="checkpoint", choices=["checkpoint", "config"],
+                   help="crop_pct, mean/std, sampling and prompt template: the checkpoint's (default, when it "
+                        "stores them) or the config's data section")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -83,9 +86,53 @@ def run(args) -> int:
             cleanup()
 
 
+_PRE_FIELDS = ("crop_pct", "mean", "std", "sampling", "text_template")
+
+
+def checkpoint_preprocessing(data, model, checkpoint: str):
+    """``data`` with the checkpoint's stored preprocessing over it; each value that differs is logged."""
+    import dataclasses
+
+    pre = getattr(model, "preprocessing", None) or {}
+    changes = {k: pre[k] for k in _PRE_FIELDS if k in pre and pre[k] != getattr(data, k)}
+    for k, v in changes.items():
+        log.warning("note: using the checkpoint's %s %r (the config says %r; --preprocessing config to use the "
+                    "config's)", k, v, getattr(data, k))
+    return dataclasses.replace(data, **changes) if changes else data
+
+
+def _describe_arch(c) -> str:
+    shape = (f"vision {c.vision_width}x{c.vision_layers} patch {c.vision_patch_size} at {c.image_resolution}px, "
+             f"text {c.transformer_width}x{c.transformer_layers}")
+    return f"{c.arch or 'custom'} ({shape}), {c.num_frames} frames"
+
+
+def warn_model_differences(cfg, model, checkpoint: str) -> None:
+    """Say when the checkpoint's architecture is not the config's, and when X-CLIP modules are untrained."""
+    from xclip.model import XCLIPConfig
+    from xclip.model.config import arch_config
+
+    mc = model.config
+    if getattr(model, "checkpoint_format", None) == "clip":
+        log.warning("warning: %s is an OpenAI CLIP checkpoint: the X-CLIP modules (cross-frame messages, MIT, "
+                    "prompt generator) are randomly initialised, so these scores are not those of a trained X-CLIP",
+                    checkpoint)
+    try:
+        arch = cfg.model.arch
+        want = arch_config(arch) if isinstance(arch, str) else XCLIPConfig.from_dict(dict(arch))
+        want = want.replace(num_frames=cfg.model.num_frames)
+    except (ValueError, TypeError):
+        return
+    keys = ("vision_width", "vision_layers", "vision_patch_size", "image_resolution", "transformer_width",
+            "transformer_layers", "embed_dim", "num_frames")
+    if any(getattr(want, k) != getattr(mc, k) for k in keys):
+        log.warning("warning: evaluating the checkpoint's architecture %s; the config's model section says %s",
+                    _describe_arch(mc), _describe_arch(want))
+
+
 def _run(args, dist_info) -> int:
     from xclip.config import load_config
-    from xclip.data import build_data_loader, build_dataset, parse_video_list, read_labels
+    from xclip.data import build_data_loader, build_dataset, check_list_labels, parse_video_list, read_labels
     from xclip.engine import evaluate, k600_novel_splits, summarise_splits, write_eval_outputs
     from xclip.engine.zeroshot import restrict_to_classes
     from xclip.model import load_pretrained, tokenize
@@ -106,6 +153,9 @@ def _run(args, dist_info) -> int:
 
     model = load_pretrained(args.checkpoint).to(device).eval()
     mcfg = model.config
+    warn_model_differences(cfg, model, args.checkpoint)
+    if args.preprocessing == "checkpoint":
+        data = checkpoint_preprocessing(data, model, args.checkpoint)
     template = data.text_template
     batch_size = args.batch_size or cfg.eval.batch_size or cfg.train.batch_size
     out_dir = args.output or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "eval")
@@ -127,11 +177,15 @@ def _run(args, dist_info) -> int:
                      len(ds.missing), paths["metrics"])
         return res
 
-    def items_of(lf):
+    def items_of(lf, class_names=None):
+        if class_names is not None:  # every label id names one of the classes (file, line and id otherwise)
+            check_list_labels(lf, len(class_names), labels=f"the labels {labels_spec!r}" if lf == list_file
+                              else "its labels", what="test list")
         return [(os.path.join(root, p) if not os.path.isabs(p) else p, lab) for p, lab in parse_video_list(lf)]
 
     if not args.zero_shot:
-        run_one("eval", items_of(list_file), read_labels(labels_spec))
+        names = read_labels(labels_spec)
+        run_one("eval", items_of(list_file, names), names)
         return 0
 
     results = []
@@ -147,7 +201,8 @@ def _run(args, dist_info) -> int:
         if len(labels) != len(lists):
             raise ValueError(f"--split-labels has {len(labels)} entries for {len(lists)} --split-lists")
         for s, (lf, lab) in enumerate(zip(lists, labels), 1):
-            results.append(run_one(f"zeroshot_split{s}", items_of(lf), read_labels(lab)))
+            names = read_labels(lab)
+            results.append(run_one(f"zeroshot_split{s}", items_of(lf, names), names))
     top1s = [r["top1"] for r in results]
     mean1, std1 = summarise_splits(top1s)
     mean5, std5 = summarise_splits([r["top5"] for r in results])

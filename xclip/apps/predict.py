@@ -31,7 +31,7 @@ log = logging.getLogger("xclip.predict")
 def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: int = 5, num_frames: int | None = None,
             batch_size: int = 4, num_clips: int = 1, num_crops: int = 1, template: str = "{}", device="cpu",
             decoder: str = "auto", num_workers: int = 0, progress: bool = True, mean=None, std=None,
-            crop_pct: float | None = None) -> list[dict]:
+            crop_pct: float | None = None, sampling: str | None = None) -> list[dict]:
     from xclip.config import DataConfig
     from xclip.data import build_data_loader, build_dataset
     from xclip.data.transforms import DEFAULT_CROP_PCT
@@ -48,7 +48,8 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing files are reported below, once
         data = DataConfig(decoder=decoder, mean=list(mean) if mean else None, std=list(std) if std else None,
-                          crop_pct=DEFAULT_CROP_PCT if crop_pct is None else float(crop_pct))
+                          crop_pct=DEFAULT_CROP_PCT if crop_pct is None else float(crop_pct),
+                          sampling=sampling or "segment")
         ds = build_dataset(data, [(p, 0) for p in paths], mode="test", num_frames=T, input_size=cfg.image_resolution,
                            num_clips=num_clips, num_crops=num_crops, root="")
     for m in ds.missing:
@@ -73,6 +74,10 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
         B, V = batch["video"].shape[:2]
         v_emb, p_emb = model.encode_video(batch["video"].flatten(0, 1).to(device))
         probs = fuse_views(model.logits_from_features(v_emb, p_emb, text_emb), V).cpu()
+        if not torch.isfinite(probs).all():
+            bad = ds.samples[int(batch["index"][0])][0]
+            raise ValueError(f"the model gives non-finite scores (NaN/inf) for {bad} and others in its batch: "
+                             f"the weights of {getattr(model, 'checkpoint_path', 'the model')} or the inputs are broken")
         top = probs.topk(k, dim=1)
         for row, idx in enumerate(batch["index"].tolist()):
             results[idx] = {"video": ds.samples[idx][0],
@@ -90,10 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the model's)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--views", default="1x1", help="CLIPSxCROPS (default 1x1)")
-    p.add_argument("--template", default="{}", help="prompt template, e.g. 'a video of {}'")
+    p.add_argument("--template", default=None,
+                   help="prompt template, e.g. 'a video of {}' (default: the checkpoint's, else '{}')")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
     p.add_argument("--crop-pct", type=float, default=None,
-                   help="one-crop view: short side to input/crop_pct, centre crop (default 0.875; 1.0 for the demo's models)")
+                   help="one-crop view: short side to input/crop_pct, centre crop (default: the checkpoint's, else 0.875)")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the predictions to this JSON file")
@@ -101,10 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_output_file(path: str, flag: str) -> None:
+    """Fail before any work when ``path`` cannot be written (missing folder, a folder, no permission)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: folder {folder!r} is not writable")
+
+
+def stored_preprocessing(model, args) -> dict:
+    """The checkpoint's preprocessing with the flags given on the command line over it (logged once)."""
+    pre = dict(getattr(model, "preprocessing", None) or {})
+    flags = {"crop_pct": args.crop_pct, "text_template": args.template}
+    over = {k: v for k, v in flags.items() if v is not None}
+    if pre:
+        log.info("preprocessing from the checkpoint: %s%s", ", ".join(f"{k} {v!r}" for k, v in pre.items()
+                                                                        if k not in over),
+                 "; from flags: " + ", ".join(f"{k} {v!r}" for k, v in over.items()) if over else "")
+    pre.update(over)
+    return pre
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        from xclip.config import check_template
         from xclip.data import read_labels
         from xclip.model import load_pretrained
         from xclip.runtime import parse_views, select_device
@@ -112,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         names = read_labels(args.labels)
         clips, crops = parse_views(args.views)
         device = select_device(args.device or "auto")
+        if args.template is not None:
+            check_template(args.template, "--template")
+        if args.json:
+            check_output_file(args.json, "--json")
         model = load_pretrained(args.checkpoint, num_frames=args.frames)
+        pre = stored_preprocessing(model, args)
         out = predict(model, args.videos, names, top_k=args.top_k, num_frames=args.frames,
-                      batch_size=args.batch_size, num_clips=clips, num_crops=crops, template=args.template,
-                      device=device, decoder=args.decoder, num_workers=args.num_workers,
-                      progress=not args.no_progress, crop_pct=args.crop_pct)
+                      batch_size=args.batch_size, num_clips=clips, num_crops=crops,
+                      template=pre.get("text_template", "{}"), device=device, decoder=args.decoder,
+                      num_workers=args.num_workers, progress=not args.no_progress, crop_pct=pre.get("crop_pct"),
+                      mean=pre.get("mean"), std=pre.get("std"), sampling=pre.get("sampling"))
     except ValueError as e:
         from xclip.apps.cli import user_error
 

@@ -152,6 +152,14 @@ def build_model(cfg: RunConfig, log: logging.Logger) -> nn.Module:
     return create_model(m.arch, num_frames=m.num_frames, **overrides)
 
 
+def run_preprocessing(cfg: RunConfig) -> dict | None:
+    """What a checkpoint of this run records about its inputs (see :mod:`xclip.model.preprocessing`)."""
+    from xclip.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from xclip.model.preprocessing import from_train_config
+
+    return from_train_config(cfg.to_dict(), default_mean=list(IMAGENET_MEAN), default_std=list(IMAGENET_STD))
+
+
 def class_tokens(cfg: RunConfig) -> tuple[list[str], torch.Tensor]:
     """The class names of ``data.labels`` and their prompt tokens (``data.text_template``)."""
     names = read_labels(cfg.data.labels)
@@ -222,6 +230,7 @@ class Trainer:
         self.num_classes = len(self.class_names)
         model = self.model if self.model is not None else build_model(self.cfg, self.log)
         self.model = model = model.to(self.device)
+        model.preprocessing = run_preprocessing(self.cfg)  # travels with save_pretrained / save_checkpoint
         if self.cfg.model.grad_checkpointing:
             model.set_grad_checkpointing(True)
         self.fix_text = self.cfg.model.fix_text
@@ -404,6 +413,7 @@ class Trainer:
             "model": model.state_dict(),
             "config": model.config.to_dict() if hasattr(model, "config") and hasattr(model.config, "to_dict") else None,
             "train_config": self.cfg.to_dict(),
+            "preprocessing": run_preprocessing(self.cfg),
             "class_names": self.class_names,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),

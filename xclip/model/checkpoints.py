@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .config import XCLIPConfig, arch_config
 from .model import XCLIP, interpolate_frames
+from .preprocessing import clean_preprocessing, from_train_config, read_preprocessing
 from .safeload import CfgNodeStandIn, CheckpointError, OpaqueObject, read_pickle_file, restricted_pickle  # noqa: F401
 
 __all__ = ["load_pretrained", "load_checkpoint_file", "CheckpointError", "CheckpointMismatchError", "infer_config",
@@ -228,14 +229,30 @@ def load_pretrained(path, num_frames: int | None = None, **overrides) -> XCLIP:
                 cfg = cfg.replace(**overrides)
             except (TypeError, ValueError) as e:
                 raise CheckpointError(p, f"invalid configuration: {e}") from None
-            return _tag(_build_checked(cfg, sd, num_frames, where), where)
+            model = _tag(_build_checked(cfg, sd, num_frames, where), where)
+            model.preprocessing = read_preprocessing(p)
+            return model
         obj = load_checkpoint_file(p)
-    return _tag(_load_object(obj, where, num_frames, overrides), where)
+    model = _tag(_load_object(obj, where, num_frames, overrides), where)
+    model.preprocessing = _stored_preprocessing(obj)
+    return model
+
+
+def _stored_preprocessing(obj: Any) -> dict | None:
+    """The preprocessing a checkpoint records (``preprocessing``, else derived from ``train_config``)."""
+    if not isinstance(obj, dict):
+        return None
+    pre = clean_preprocessing(obj.get("preprocessing"))
+    return pre if pre is not None else from_train_config(obj.get("train_config"))
 
 
 def _tag(model: XCLIP, where: str) -> XCLIP:
     """Remember where the weights came from, for error messages at use (e.g. token ids beyond the vocabulary)."""
     model.checkpoint_path = where
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # a diverged or corrupted run: every score would be NaN
+        raise CheckpointError(where, f"{len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
+                                     "these weights cannot give meaningful predictions")
     return model
 
 
@@ -283,9 +300,14 @@ def _load_object(obj: Any, where: str, num_frames, overrides) -> XCLIP:
         raise
     except (ValueError, TypeError, IndexError) as e:  # unrecognised layout, impossible shapes, bad stored config
         raise CheckpointError(where, str(e)) from None
-    return _build_checked(cfg, sd, num_frames, where, from_clip=(fmt == "clip"))
+    model = _build_checked(cfg, sd, num_frames, where, from_clip=(fmt == "clip"))
+    model.checkpoint_format = fmt  # "clip": the X-CLIP modules (messages, MIT, prompts) are freshly initialised
+    return model
 
 
 def save_checkpoint(model: XCLIP, path, **extra) -> None:
     """``{"model": state_dict, "config": dict, **extra}``: an official-format checkpoint that ``load_pretrained`` reads."""
+    pre = getattr(model, "preprocessing", None)
+    if pre and "preprocessing" not in extra:
+        extra["preprocessing"] = dict(pre)
     torch.save({"model": model.state_dict(), "config": model.config.to_dict(), **extra}, path)

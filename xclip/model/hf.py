@@ -310,6 +310,9 @@ def save_pretrained(model, directory, safe_serialization: bool = True) -> None:
     sd = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     sd = {k: v.contiguous().clone() for k, v in sd.items()}  # safetensors rejects shared / strided storage
     (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    from .preprocessing import write_preprocessing
+
+    write_preprocessing(getattr(model, "preprocessing", None), directory, model.config.image_resolution)
     if safe_serialization:
         from safetensors.torch import save_file
 

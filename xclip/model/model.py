@@ -289,6 +289,8 @@ class VideoSpecificPrompt(nn.Module):
 class XCLIP(nn.Module):
     """X-CLIP: ``model(video [B, T, 3, H, W], tokens [K, L]) -> logits [B, K]``."""
 
+    preprocessing: dict | None = None  # how inputs were prepared in training (xclip.model.preprocessing)
+
     def __init__(self, config: XCLIPConfig | dict) -> None:
         super().__init__()
         cfg = XCLIPConfig.from_dict(config) if isinstance(config, dict) else config
