@@ -136,6 +136,7 @@ def _run(args, dist_info) -> int:
     from xclip.engine import evaluate, k600_novel_splits, summarise_splits, write_eval_outputs
     from xclip.engine.zeroshot import restrict_to_classes
     from xclip.model import load_pretrained, tokenize
+    from xclip.apps.predict import warn_truncated
     from xclip.runtime import amp_dtype
 
     cfg = load_config(args.config, args.overrides)
@@ -148,6 +149,11 @@ def _run(args, dist_info) -> int:
     if not labels_spec and not args.split_labels:
         raise ValueError("no labels: set data.labels or pass --labels")
     clips, crops = parse_views(args.views) if args.views else (cfg.eval.num_clips, cfg.eval.num_crops)
+    for flag, value in (("--batch-size", args.batch_size), ("--num-workers", args.num_workers)):
+        if value is not None and value < (1 if flag == "--batch-size" else 0):
+            raise ValueError(f"{flag} must be >= {1 if flag == '--batch-size' else 0}, got {value}")
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a file, not a folder")
     device = dist_info.device
     amp = amp_dtype(args.amp or cfg.train.amp, device, cuda_only=True)
 
@@ -165,7 +171,9 @@ def _run(args, dist_info) -> int:
         ds = build_dataset(data, items, mode="test", num_frames=mcfg.num_frames, input_size=mcfg.image_resolution,
                            num_clips=clips, num_crops=crops, seed=cfg.seed)
         loader = build_data_loader(data, ds, batch_size, train=False, num_workers=args.num_workers)
-        tokens = tokenize([template.format(n) for n in class_names], context_length=mcfg.context_length)
+        prompts = [template.format(n) for n in class_names]
+        warn_truncated(prompts, mcfg.context_length)
+        tokens = tokenize(prompts, context_length=mcfg.context_length)
         res = evaluate(model, loader, tokens, device=device, amp_dtype=amp, num_classes=len(class_names),
                        desc=name, progress=not args.no_progress)
         if rank0:

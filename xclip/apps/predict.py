@@ -57,7 +57,9 @@ def predict(model, paths: Sequence[str], class_names: Sequence[str], *, top_k: i
     loader = build_data_loader(data, ds, batch_size, train=False, num_workers=num_workers, pin_memory=False,
                                distributed=False)
     model = model.to(device).eval()
-    tokens = tokenize([template.format(n) for n in class_names], context_length=cfg.context_length)
+    prompts = [template.format(n) for n in class_names]
+    warn_truncated(prompts, cfg.context_length)
+    tokens = tokenize(prompts, context_length=cfg.context_length)
     text_emb = model.encode_text(tokens.to(device))
     k = min(top_k, len(class_names))
     results: dict[int, dict] = {}
@@ -105,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the predictions to this JSON file")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def warn_truncated(prompts, context_length: int) -> None:
+    from xclip.model.tokenizer import truncated_prompts
+
+    cut = truncated_prompts(prompts, context_length)
+    if cut:
+        log.warning("warning: %d class prompt(s) exceed the model's %d tokens and are cut short (first: %r); "
+                    "shorten them or they may become indistinguishable", len(cut), context_length, cut[0][:80])
 
 
 def check_output_file(path: str, flag: str) -> None:

@@ -265,6 +265,10 @@ class Trainer:
             self.log.info(f"frame cache: {len(self.frame_cache)} videos decoded and held in memory "
                           f"({self.frame_cache.nbytes / 2**20:.1f} MiB, {time.time() - t_fill:.1f} s)"
                           + (f"; {len(failed)} could not be decoded (skipped when drawn)" if failed else ""))
+        ds = self.train_loader.dataset
+        if len(ds) == 0 and getattr(ds, "missing", None):
+            raise ValueError(f"none of the {len(ds.missing)} videos of data.train_list {d.train_list} exist under "
+                             f"data.root {d.root!r} (first: {ds.missing[0]})")
         self.micro_per_epoch = len(self.train_loader)
         self.steps_per_epoch = self.micro_per_epoch // t.accumulation_steps
         if self.steps_per_epoch < 1:

@@ -177,3 +177,10 @@ def _default_tokenizer() -> Tokenizer:
 def tokenize(texts: str | Iterable[str], context_length: int = 77) -> torch.Tensor:
     """CLIP BPE token ids ``LongTensor [K, context_length]``: 49406 <sot> ... 49407 <eot>, zero padding."""
     return _default_tokenizer()(texts, context_length=context_length)
+
+
+def truncated_prompts(texts: Iterable[str], context_length: int = 77) -> list[str]:
+    """The texts :func:`tokenize` would cut short at ``context_length`` (to warn: cut prompts may coincide)."""
+    tok = _default_tokenizer()
+    return [t for t in texts if len(tok.encode(t)) > context_length - 2]
+
