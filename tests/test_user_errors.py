@@ -208,3 +208,22 @@ def test_eval_warns_about_architecture_and_clip_init(files, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(line for line in r.stderr.splitlines() if "architecture" in line)
     assert "vision 32x1 patch 16 at 32px" in line and "patch 8 at 16px" in line
+
+
+# ------------------------------------------------------------------ nn modules and tokenize
+def test_nn_modules_name_dtype_and_device_mismatches():
+    from xclip_kernels.nn import CrossFrameAttention
+
+    m = CrossFrameAttention(32, 2)
+    with pytest.raises(ValueError, match=r"CrossFrameAttention: 'x' is torch.float64 but the module's weights are "):
+        m(torch.randn(2, 3, 32, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"'x' is on meta but the module's weights are on cpu"):
+        m(torch.randn(2, 3, 32, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose
+        assert m(torch.randn(2, 3, 32, dtype=torch.bfloat16)).shape == (2, 3, 32)
+
+
+def test_truncated_prompts_are_found():
+    from xclip.model.tokenizer import truncated_prompts
+
+    assert truncated_prompts(["a short one", " ".join(["word"] * 80)]) == [" ".join(["word"] * 80)]

@@ -33,6 +33,13 @@ def _check_backend(backend: str | None) -> str | None:
     return backend
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # older torch: no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 class _PackedAttention(nn.Module):
     """Shared parameters and helpers: a packed q/k/v projection and an output projection."""
 
@@ -81,6 +88,13 @@ class _PackedAttention(nn.Module):
                 f"{type(self).__name__}: '{name}' has last dim {x.shape[-1]}, expected embed_dim={self.embed_dim} "
                 f"(shape {tuple(x.shape)})"
             )
+        w = self.in_proj_weight
+        if x.device != w.device:
+            raise ValueError(f"{type(self).__name__}: '{name}' is on {x.device} but the module's weights are on "
+                             f"{w.device}; move one of them (module.to(device))")
+        if x.dtype != w.dtype and not _autocast_on(x.device.type):
+            raise ValueError(f"{type(self).__name__}: '{name}' is {x.dtype} but the module's weights are {w.dtype}; "
+                             f"convert one of them (module.to(dtype)) or run under torch.autocast")
 
     def _project(self, x: Tensor, start: int, count: int) -> Tensor:
         """``x @ W[start*E:(start+count)*E].T + b`` viewed as ``[..., count, H, D]``."""
