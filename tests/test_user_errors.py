@@ -227,3 +227,35 @@ def test_truncated_prompts_are_found():
     from xclip.model.tokenizer import truncated_prompts
 
     assert truncated_prompts(["a short one", " ".join(["word"] * 80)]) == [" ".join(["word"] * 80)]
+
+
+def test_bench_bad_device_is_one_line():
+    assert_user_error(xclip("bench", "--device", "bogus", "--tiny"), "--device", "bogus")
+
+
+def test_eval_takes_the_checkpoints_preprocessing_and_warns_on_clip_init(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    import xclip
+    from xclip.apps.eval import checkpoint_preprocessing, warn_model_differences
+    from xclip.config import DataConfig, RunConfig
+    from xclip.model.checkpoints import _new_module_key
+
+    model = SimpleNamespace(preprocessing={"crop_pct": 1.0, "text_template": "a video of {}", "input_size": 32})
+    data = DataConfig()
+    with caplog.at_level(logging.WARNING, logger="xclip.eval"):
+        used = checkpoint_preprocessing(data, model, "ck.pth")
+    assert used.crop_pct == 1.0 and used.text_template == "a video of {}" and data.crop_pct == 0.875
+    assert "crop_pct 1.0" in caplog.text and "0.875" in caplog.text
+    assert checkpoint_preprocessing(data, SimpleNamespace(preprocessing=None), "x") is data
+
+    m = xclip.create_model(dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64,
+                                vision_patch_size=16, transformer_width=64, transformer_layers=1, num_frames=4),
+                           num_frames=None)
+    clip = xclip.load_pretrained({k: v for k, v in m.state_dict().items() if not _new_module_key(k)})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xclip.eval"):
+        warn_model_differences(RunConfig(), clip, "clip.pt")
+    assert "clip.pt is an OpenAI CLIP checkpoint" in caplog.text and "randomly initialised" in caplog.text
+    assert "the config's model section says ViT-B/32" in caplog.text  # RunConfig's default arch
