@@ -2,7 +2,8 @@
 
 Three groups, each timed by pytest-benchmark and each also reporting its ratio
 against a baseline measured in the same run, interleaved call by call (so
-load on a shared machine hits both alike), in ``extra_info``:
+load on a shared machine hits both alike; the ratio of the fastest calls,
+see ``benchmarks/_ratio.py``), in ``extra_info``:
 
 - ``op-host``: the three ops at tiny shapes, where the time is host overhead
   (validation, dispatch, custom-op and autograd plumbing), forward and
@@ -26,10 +27,8 @@ and no ratio is measured. Never fails on a time.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -38,34 +37,11 @@ import torch.nn.functional as F
 
 import xclip_kernels as xk
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ratio import record as run  # noqa: E402
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 BACKENDS = [b for b, st in xk.available_backends().items() if st.available and not (b == "triton" and INTERPRET)]
-
-
-def interleaved_medians(fns: dict, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each function, the calls alternating so load hits all alike."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def run(benchmark, fn, baseline, base_name: str, rounds: int, reps: int, **info) -> None:
-    """Time ``fn`` with pytest-benchmark and store ``ratio_vs_<base_name>`` = median(fn) / median(baseline)."""
-    benchmark.extra_info.update(info)
-    if benchmark.disabled:
-        benchmark(fn)
-        return
-    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-    m = interleaved_medians({"x": fn, "base": baseline}, reps)
-    benchmark.extra_info.update({f"ratio_vs_{base_name}": m["x"] / m["base"], "baseline": base_name,
-                                 "baseline_median_s": m["base"], "interleaved_median_s": m["x"]})
 
 
 # --- op host overhead -------------------------------------------------------------------------
@@ -129,7 +105,6 @@ FRAMES, BATCH, CLASSES = 8, 2, 10
 def models():
     import xclip
 
-    sys.path.insert(0, os.path.dirname(__file__))
     import plain_xclip
 
     torch.manual_seed(0)
@@ -244,7 +219,7 @@ def test_decode_only(benchmark, videos, decoder):
     _need(decoder)
     benchmark.group = "data decode-only (3 videos x 8 frames)"
     _, _, paths = videos
-    run(benchmark, _decode_all(paths, decoder), _decode_all(paths, "pyav"), "pyav_decode", rounds=5, reps=5,
+    run(benchmark, _decode_all(paths, decoder), _decode_all(paths, "pyav"), "pyav_decode", rounds=5, reps=8,
         decoder=decoder, clips=len(paths))
 
 
@@ -261,5 +236,5 @@ def test_pipeline(benchmark, videos, mode, decoder):
     def go():
         for i in range(len(ds)):
             assert ds[i] is not None
-    run(benchmark, go, _decode_all(paths, "pyav"), "pyav_decode", rounds=3, reps=3, decoder=decoder, mode=mode,
+    run(benchmark, go, _decode_all(paths, "pyav"), "pyav_decode", rounds=3, reps=5, decoder=decoder, mode=mode,
         clips=len(paths))

@@ -73,7 +73,7 @@ def _load(path: str) -> dict[str, dict]:
 
 def _ratio(b: dict) -> tuple[str, float] | None:
     for k, v in b.get("extra_info", {}).items():
-        if k.startswith("ratio_vs_") and isinstance(v, (int, float)):
+        if k.startswith("ratio_vs_") and not k.endswith("_median") and isinstance(v, (int, float)):
             return k[len("ratio_vs_"):], float(v)
     return None
 
