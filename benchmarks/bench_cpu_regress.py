@@ -2,8 +2,8 @@
 
 Three groups, each timed by pytest-benchmark and each also reporting its ratio
 against a baseline measured in the same run, interleaved call by call (so
-load on a shared machine hits both alike; the ratio of the fastest calls,
-see ``benchmarks/_ratio.py``), in ``extra_info``:
+load on a shared machine hits both alike; the ratio of the fastest calls in
+process CPU time, see ``benchmarks/_ratio.py``), in ``extra_info``:
 
 - ``op-host``: the three ops at tiny shapes, where the time is host overhead
   (validation, dispatch, custom-op and autograd plumbing), forward and
@@ -90,7 +90,8 @@ def test_op_host(benchmark, op, backend, mode):
     ours = call(lambda: fn_op(*t.values(), backend=backend))
     base = call(lambda: _sdpa(op, t))
     torch.testing.assert_close(fn_op(*t.values(), backend=backend), _sdpa(op, t), atol=1e-4, rtol=1e-4)
-    run(benchmark, ours, base, "sdpa", rounds=200, reps=200, op=op, backend=backend, mode=mode, device=dev)
+    run(benchmark, ours, base, "sdpa", rounds=200, reps=200, cuda=dev == "cuda", op=op, backend=backend, mode=mode,
+        device=dev)
 
 
 # --- model inference on the CPU ----------------------------------------------------------------
