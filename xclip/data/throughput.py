@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-frames", type=int, default=8, help="frames per clip")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--decoders", nargs="+", default=["decord", "pyav"])
+    ap.add_argument("--decoders", nargs="+", default=[d for d in ("torchcodec", "pyav", "decord") if __import__("xclip.data.video_io", fromlist=["x"]).decoder_available(d)])
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     h, w = (int(x) for x in args.size.lower().split("x"))
