@@ -1,7 +1,7 @@
 """The X-CLIP model: configuration, modules, checkpoints (OpenAI CLIP, official X-CLIP, Hugging Face), tokenizer."""
 
 from .config import ARCHS, XCLIPConfig, arch_config
-from .model import XCLIP, create_model
+from .model import XCLIP, cpu_supports_bf16, create_model, text_length
 from .tokenizer import Tokenizer, tokenize
 
 
@@ -12,4 +12,5 @@ def load_pretrained(path, num_frames=None, **kwargs):
     return _load(path, num_frames=num_frames, **kwargs)
 
 
-__all__ = ["XCLIP", "XCLIPConfig", "ARCHS", "arch_config", "create_model", "load_pretrained", "tokenize", "Tokenizer"]
+__all__ = ["XCLIP", "XCLIPConfig", "ARCHS", "arch_config", "create_model", "cpu_supports_bf16", "text_length",
+           "load_pretrained", "tokenize", "Tokenizer"]
