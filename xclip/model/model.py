@@ -457,7 +457,8 @@ class XCLIP(nn.Module):
         eot = tokens.argmax(dim=-1)  # <eot> has the largest id
         if not torch.compiler.is_compiling():  # a data-dependent length would break the graph
             # The tower is causal: the feature at <eot> never sees the positions after it, so the padding
-            # beyond the batch's last <eot> can be dropped without changing a bit of the result.
+            # beyond the batch's last <eot> can be dropped. The linear layers and LayerNorms give the same
+            # bits; SDPA's CPU kernel may sum a row in another order for another key length (float64: ~1e-15).
             tokens = tokens[:, : text_length(tokens, eot)]
         L = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:L]
@@ -531,7 +532,7 @@ def text_length(tokens: Tensor, eot: Tensor | None = None) -> int:
     """Positions of ``tokens [K, L]`` the text tower needs: up to and including the last row's <eot>.
 
     <eot> is located as the model reads it, the (first) largest id of each row (CLIP's 49407, and any
-    tokenizer whose end token is its largest id), so the trimmed batch yields the very same features.
+    tokenizer whose end token is its largest id), so the trimmed batch yields the same features.
     """
     if eot is None:
         eot = tokens.argmax(dim=-1)
