@@ -96,18 +96,10 @@ class Case:
 
 
 def _hf_video_logits(hf, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """XCLIPModel.forward after its text tower (text features cached, as ours)."""
-    B, T = video.shape[:2]
-    vis = hf.vision_model(pixel_values=video.flatten(0, 1))
-    cls = hf.visual_projection(vis[1]).view(B, T, -1)
-    video_emb = hf.mit(cls)[1]
-    img = hf.prompts_visual_layernorm(vis[0][:, 1:, :]) @ hf.prompts_visual_projection
-    img = img.view(B, T, -1, video_emb.shape[-1]).mean(dim=1)
-    t = text.unsqueeze(0).expand(B, -1, -1)
-    t = t + hf.prompts_generator(t, img)
-    v = video_emb / video_emb.norm(p=2, dim=-1, keepdim=True)
-    t = t / t.norm(p=2, dim=-1, keepdim=True)
-    return torch.einsum("bd,bkd->bk", v, hf.logit_scale.exp() * t)
+    """XCLIPModel.forward after its text tower (text features cached, as ours): xclip bench's adapter."""
+    from xclip.apps.bench import hf_video_logits
+
+    return hf_video_logits(hf, video, text)
 
 
 def _hf_text(hf, ids, mask) -> torch.Tensor:

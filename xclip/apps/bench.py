@@ -239,6 +239,22 @@ def best_hf_attn(device: torch.device, dtype: torch.dtype) -> list[str]:
     return order + ["sdpa", "eager"]
 
 
+def hf_video_logits(model: nn.Module, video: Tensor, text: Tensor) -> Tensor:
+    """transformers' ``XCLIPModel.forward`` without its text tower: logits from cached text features
+    ``text`` [K, E] (the official code caches them too)."""
+    B, T = video.shape[:2]
+    vis = model.vision_model(pixel_values=video.flatten(0, 1))
+    cls = model.visual_projection(vis[1]).view(B, T, -1)
+    video_emb = model.mit(cls)[1]
+    img = model.prompts_visual_layernorm(vis[0][:, 1:, :]) @ model.prompts_visual_projection
+    img = img.view(B, T, -1, video_emb.shape[-1]).mean(dim=1)
+    t = text.unsqueeze(0).expand(B, -1, -1)
+    t = t + model.prompts_generator(t, img)
+    v = video_emb / video_emb.norm(p=2, dim=-1, keepdim=True)
+    t = t / t.norm(p=2, dim=-1, keepdim=True)
+    return torch.einsum("bd,bkd->bk", v, model.logit_scale.exp() * t)
+
+
 def _hf_contender(hf_dir: str, device: torch.device, dtype: torch.dtype, requested: str,
                   patch: bool = False) -> Contender:
     """transformers' XCLIPModel; with ``patch``, its attentions run through our fused ops
@@ -267,18 +283,7 @@ def _hf_contender(hf_dir: str, device: torch.device, dtype: torch.dtype, request
         return out if isinstance(out, Tensor) else out.pooler_output
 
     def video_logits(video: Tensor, text: Tensor) -> Tensor:
-        # XCLIPModel.forward without its text tower (the text features are cached, as the official code does)
-        B, T = video.shape[:2]
-        vis = model.vision_model(pixel_values=video.flatten(0, 1))
-        cls = model.visual_projection(vis[1]).view(B, T, -1)
-        video_emb = model.mit(cls)[1]
-        img = model.prompts_visual_layernorm(vis[0][:, 1:, :]) @ model.prompts_visual_projection
-        img = img.view(B, T, -1, video_emb.shape[-1]).mean(dim=1)
-        t = text.unsqueeze(0).expand(B, -1, -1)
-        t = t + model.prompts_generator(t, img)
-        v = video_emb / video_emb.norm(p=2, dim=-1, keepdim=True)
-        t = t / t.norm(p=2, dim=-1, keepdim=True)
-        return torch.einsum("bd,bkd->bk", v, model.logit_scale.exp() * t)
+        return hf_video_logits(model, video, text)
 
     return Contender(f"{'hf-xk' if patch else 'hf'}[{used}]", model, text_features, video_logits, _is_hf_text_param, {"attn_implementation": used})
 
