@@ -174,26 +174,12 @@ DECODERS = ["torchcodec", "pyav", "decord"]
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from xclip.data.lists import write_video_list
-    from xclip.data.video_io import write_video
+    from xclip.data.lists import read_video_list
+    from xclip.data.throughput import write_test_videos
 
-    root = tmp_path_factory.mktemp("bench-videos")
-    rng = np.random.default_rng(0)
-    h, w, n = 144, 192, 150
-    yy, xx = np.mgrid[0:h, 0:w]
-    items = []
-    for i in range(3):
-        f = np.empty((n, h, w, 3), np.uint8)
-        for t in range(n):
-            base = 128 + 60 * np.sin((xx + 3 * t + 17 * i) / 23.0) * np.cos((yy - 2 * t) / 31.0)
-            for c in range(3):
-                f[t, :, :, c] = np.clip(base + 30 * c + rng.normal(0, 6, (h, w)), 0, 255)
-        p = os.path.join(root, f"v{i}.mp4")
-        write_video(p, f, fps=30, crf=23)
-        items.append((p, i))
-    lf = os.path.join(root, "list.txt")
-    write_video_list(items, lf, str(root))
-    return str(root), lf, [p for p, _ in items]
+    root = str(tmp_path_factory.mktemp("bench-videos"))
+    lf = write_test_videos(root, 3, 150, 144, 192)
+    return root, lf, [p for p, _ in read_video_list(lf, root)]
 
 
 def _need(decoder: str):
