@@ -30,7 +30,6 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
