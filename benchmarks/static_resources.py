@@ -12,8 +12,8 @@ attributes and ints equal to 1 are specialised exactly as the JIT would
 (16-byte aligned pointers: CUDA allocations are 256-byte aligned and the
 CPU tensors used here are 64-byte aligned).
 
-Per compiled kernel it records registers per thread, spilled bytes (ptxas
-``-v``), local memory, shared memory, and the tensor-core instructions in the
+Per compiled kernel it records registers per thread and stack / local memory (Triton's bundled ``cuobjdump
+-res-usage`` on the cubin) and spilled bytes (ptxas ``-v``, when it ran), shared memory, and the tensor-core instructions in the
 PTX (``wgmma`` on sm_90, ``mma.sync`` on sm_80; none is expected for float32,
 which uses IEEE dots). A config fails when it spills or needs more shared
 memory than the arch allows (sm_80: 163 KiB, sm_90: 227 KiB per block).
@@ -91,10 +91,13 @@ class Row:
     tensor_cores: str = ""
     seconds: float = 0.0
     error: str = ""
+    divisible: list = field(default_factory=list)  # args the JIT marks divisible by 16
+    equal_one: list = field(default_factory=list)  # int args the JIT turns into the constant 1
 
     @property
     def ok(self) -> bool:
-        return not self.error and self.spill_bytes == 0 and self.smem <= SMEM_LIMIT[self.arch]
+        return (not self.error and self.spill_bytes == 0 and self.local_bytes == 0
+                and self.smem <= SMEM_LIMIT[self.arch])
 
 
 def _inputs(op: str, dims: dict, dtype):
@@ -111,6 +114,14 @@ def _inputs(op: str, dims: dict, dtype):
 def op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
     """(op, shape label, sizes, dtype name) to record."""
     cases = []
+    if subset == "probe":  # config search: every kernel, bf16 and fp32, each padded head dim, one shape each
+        for dt in ("bf16", "fp32"):
+            for D in (32, 64, 128):
+                cases.append(("intra_frame_attn", f"N197 D{D}", dict(F=64, N=197, M=1, H=12, D=D), dt))
+                cases.append(("intra_frame_attn", f"N577 D{D}", dict(F=16, N=577, M=1, H=12, D=D), dt))
+                cases.append(("cross_frame_attn", f"T8 D{D}", dict(B=32, T=8, H=12, D=D), dt))
+                cases.append(("prompt_cross_attn", f"D{D}", dict(B=32, K=400, N=197, H=8, D=D), dt))
+        return cases
     dtypes = ["bf16"] if subset == "ci" else list(DTYPES)
     for dt in dtypes:
         for arch, (H, N, Hp) in XCLIP.items():
@@ -179,6 +190,20 @@ _SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Used (\d+) registers")
 
 
+def _cubin_resources(cubin: bytes) -> dict:
+    """REG / STACK / LOCAL / SHARED of the kernel in ``cubin``, read by Triton's bundled cuobjdump."""
+    import subprocess
+    import tempfile
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if "REG:" in ln)
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
+
+
 def _jit_specialization(kernel, backend, args, kwargs):
     """Signature, constexprs, attrs and options exactly as ``JITFunction.run`` derives them."""
     kwargs = dict(kwargs)
@@ -203,19 +228,21 @@ def compile_one(arch: int, launch: Launch, cfg: dict):
     sig, consts, attrs, options, spec = _jit_specialization(fn, backend, launch.args, kwargs)
     key = (arch, fn.__name__, spec, tuple(sorted((str(k), str(v)) for k, v in consts.items())),
            kwargs["num_warps"], kwargs["num_stages"])
+    names = [p.name for p in fn.params]
+    row.divisible = [names[k[0]] for k, v in attrs.items() if "tt.divisibility" in str(v)]
+    row.equal_one = [names[k[0]] for k, v in consts.items() if not fn.params[k[0]].is_constexpr and v == 1]
     t0 = time.time()
     log = io.StringIO()
     try:
         triton.knobs.nvidia.dump_ptxas_log = True
         with contextlib.redirect_stdout(log):
             ck = triton.compile(ASTSource(fn, sig, consts, attrs), target=target, options=options.__dict__)
-        text = log.getvalue()
+        text = log.getvalue()  # ptxas -v output (absent when Triton's cache already held the kernel)
+        res = _cubin_resources(ck.asm["cubin"])
         m = _SPILL.search(text)
-        r = _REGS.search(text)
-        row.spill_bytes = int(m.group(1)) + int(m.group(2)) if m else 0
-        row.regs = int(r.group(1)) if r else -1
-        lm = re.search(r"(\d+) bytes stack frame", text)
-        row.local_bytes = int(lm.group(1)) if lm else 0
+        row.regs = res["REG"]
+        row.local_bytes = res["STACK"] + res["LOCAL"]
+        row.spill_bytes = int(m.group(1)) + int(m.group(2)) if m else row.local_bytes
         row.smem = int(ck.metadata.shared)
         ptx = ck.asm.get("ptx", "")
         row.tensor_cores = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if "mma.sync" in ptx else "none")
@@ -342,7 +369,7 @@ def write_results(md: str, path: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--subset", choices=("ci", "full"), default="full")
+    ap.add_argument("--subset", choices=("ci", "full", "probe"), default="full")
     ap.add_argument("--arch", type=int, action="append", help="80 and/or 90 (default both)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel compile processes")
     ap.add_argument("--only", default=None, help="compile only kernels whose name contains this")

@@ -12,9 +12,6 @@ CONVENTIONS.md: error <= 2x the eager same-dtype error + atol, NaN never passes.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -328,17 +325,3 @@ def test_grads_into_packed_views(op, monkeypatch):
         torch.testing.assert_close(g, r, atol=0, rtol=0, msg=f"d{name}")
     with pytest.raises(ValueError, match=r"grads\[1\]"):
         mod.backward(do, *tensors, out, lse, scale, grads=[views[0], views[1][:, :1]] + views[2:])
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.parametrize("arch", [90, 80], ids=["sm90", "sm80"])
-def test_kernels_compile_for_gpu_targets(arch):
-    """Every kernel (first autotune config, bfloat16) compiles for Hopper / Ampere with Triton's ptxas, no GPU needed."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = Path(__file__).with_name("triton_compile_check.py")
-    r = subprocess.run([sys.executable, str(script), str(arch)], env=env, capture_output=True, text=True, timeout=880)
-    if r.returncode != 0 and "ptxas" in r.stdout + r.stderr and "not found" in r.stdout + r.stderr:
-        pytest.skip("Triton's bundled ptxas is missing")
-    assert r.returncode == 0, (r.stdout[-6000:] + r.stderr[-3000:])
-    assert "compiled" in r.stdout and "failed 0" in r.stdout

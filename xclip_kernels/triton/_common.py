@@ -137,7 +137,8 @@ def launch(kernel, grid, args: tuple, fixed: dict, configs: list[dict], interp: 
         meta.update({k: v for k, v in interp.items() if k not in ("num_warps", "num_stages")})
         kernel[grid(meta)](*args, **meta)
         return
-    tkey = (kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__, tag)
+    tkey = (kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__, tag,
+            tuple(tuple(sorted(c.items())) for c in configs), tuple(sorted(fixed.items())))
     tuner = _TUNERS.get(tkey)
     if tuner is None:
         cfgs = []
@@ -150,63 +151,79 @@ def launch(kernel, grid, args: tuple, fixed: dict, configs: list[dict], interp: 
     tuner[lambda meta: grid({**fixed, **meta})](*args, **fixed)
 
 
-# Autotune candidates (BM, BN, num_warps, num_stages) per kernel kind, arch and
-# BD (= padded head dim: 32, 64 or 128). Every entry here compiles without a
-# register spill and within shared memory for sm_80 and sm_90 at X-CLIP shapes
-# in bf16, fp16 and fp32: tests/test_triton_resources.py checks it and
-# ``python -m benchmarks.static_resources`` writes the full table.
+# Autotune candidates (BM, BN, num_warps, num_stages) per kernel kind, arch,
+# element size and BD (= padded head dim: 32, 64 or 128). Every entry compiles
+# without a register spill and within shared memory for its arch at X-CLIP
+# shapes: tests/test_triton_resources.py checks it, and
+# ``python -m benchmarks.static_resources`` writes the full table
+# (benchmarks/RESULTS.md). float32 (IEEE dots on CUDA cores, accumulators and
+# operands twice the size) gets small tiles and 8 warps.
 #   fwd:   BM query rows per program, BN keys per step
 #   fused: BM query rows per step, BN keys per outer step (one program per pair)
 #   dkdv:  BN keys per program, BM query rows per step
-#   dq:    BM query rows per program, BN keys per step
+#   dq:    BM query rows per program, BN keys per step (also the shared-q dQ kernel)
 _CONFIGS = {
-    ("fwd", "hopper"): {
+    ("fwd", "hopper", 2): {
         32: [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3), (64, 32, 4, 2)],
         64: [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2)],
         128: [(128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 2)],
     },
-    ("fwd", "ampere"): {
+    ("fwd", "ampere", 2): {
         32: [(128, 64, 4, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
         64: [(128, 64, 4, 2), (64, 64, 4, 2), (64, 32, 4, 3), (128, 32, 4, 3)],
         128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
     },
-    ("fused", "hopper"): {
-        32: [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)],
-        64: [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2)],
-        128: [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
+    ("fused", "hopper", 2): {
+        32: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
+        64: [(64, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 8, 1)],
+        128: [(32, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2)],
     },
-    ("fused", "ampere"): {
-        32: [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)],
-        64: [(64, 64, 4, 2), (32, 64, 4, 2), (32, 128, 4, 2)],
-        128: [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
+    ("fused", "ampere", 2): {
+        32: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
+        64: [(64, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 8, 1)],
+        128: [(32, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2)],
     },
-    ("dkdv", "hopper"): {
+    ("dkdv", "hopper", 2): {
         32: [(64, 64, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2)],
-        64: [(64, 64, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2)],
-        128: [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
+        64: [(64, 64, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2)],
+        128: [(32, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2)],
     },
-    ("dkdv", "ampere"): {
+    ("dkdv", "ampere", 2): {
         32: [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)],
-        64: [(64, 64, 4, 2), (32, 64, 4, 2), (64, 128, 8, 2)],
-        128: [(64, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
+        64: [(64, 64, 8, 2), (32, 64, 4, 2), (64, 128, 8, 2)],
+        128: [(32, 64, 8, 2), (32, 32, 4, 2), (64, 32, 8, 2)],
     },
-    ("dq", "hopper"): {
+    ("dq", "hopper", 2): {
         32: [(64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)],
         64: [(64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 3)],
         128: [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
     },
-    ("dq", "ampere"): {
+    ("dq", "ampere", 2): {
         32: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
         64: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
         128: [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
     },
 }
+_FP32 = {  # both archs
+    "fwd": {32: [(64, 32, 4, 2), (32, 32, 4, 2), (64, 64, 8, 2)], 64: [(64, 32, 8, 2), (32, 32, 4, 2), (64, 64, 8, 1)],
+            128: [(32, 32, 8, 2), (64, 32, 8, 1), (32, 32, 4, 1)]},
+    "fused": {32: [(64, 64, 8, 1), (32, 32, 8, 1), (32, 64, 8, 1)], 64: [(32, 32, 8, 1), (16, 32, 4, 1), (32, 64, 8, 1)],
+              128: [(16, 32, 8, 1), (32, 32, 8, 1), (16, 16, 4, 1)]},
+    "dkdv": {32: [(32, 64, 8, 1), (32, 32, 4, 1), (64, 64, 8, 1)], 64: [(32, 32, 8, 1), (32, 32, 4, 1), (16, 64, 8, 1)],
+             128: [(16, 32, 8, 1), (32, 32, 8, 1), (16, 16, 4, 1)]},
+    "dq": {32: [(64, 32, 8, 2), (32, 32, 4, 2), (64, 64, 8, 1)], 64: [(32, 32, 4, 2), (64, 32, 8, 1), (32, 64, 8, 1)],
+           128: [(32, 32, 8, 1), (16, 32, 4, 1), (32, 16, 4, 1)]},
+}
+for _kind, _table in _FP32.items():
+    for _arch in ("hopper", "ampere"):
+        _CONFIGS[(_kind, _arch, 4)] = _table
 
 
-def tile_configs(kind: str, bd: int, arch: str | None = None) -> list[dict]:
-    """Autotune candidates of a G = 1 kernel (``kind``: fwd, fused, dkdv, dq) for padded head dim ``bd``."""
+def tile_configs(kind: str, bd: int, arch: str | None = None, elt: int = 2) -> list[dict]:
+    """Autotune candidates of a G = 1 kernel (``kind``: fwd, fused, dkdv, dq) for padded head dim ``bd``
+    and element size ``elt`` (2: bf16 / fp16, 4: fp32)."""
     arch = arch or _gpu_arch()
-    table = _CONFIGS[(kind, "hopper" if arch == "hopper" else "ampere")]
+    table = _CONFIGS[(kind, "hopper" if arch == "hopper" else "ampere", 4 if elt >= 4 else 2)]
     rows = table[min(128, max(32, bd))]
     return [dict(BM=bm, BN=bn, num_warps=nw, num_stages=ns) for bm, bn, nw, ns in rows]
 
@@ -518,15 +535,15 @@ def forward(q, k, v, k2, v2, Lq, Lk, M, BH, H, D, scale, out_shape, tag, G=None,
         launch(attn_fwd_kernel, grid, args, fixed, configs, interp, ["Lq", "D"], tag)
     else:
         fixed["G"] = 1
-        launch(attn_fwd_kernel, grid, args, fixed, tile_configs("fwd", bd), INTERP_TILE,
+        launch(attn_fwd_kernel, grid, args, fixed, tile_configs("fwd", bd, elt=q.element_size()), INTERP_TILE,
                ["Lq", "Lk", "M", "D"], tag)
     return out, lse
 
 
-def _min_bn(kind: str, bd: int) -> int:
+def _min_bn(kind: str, bd: int, elt: int) -> int:
     if interpreting():
         return INTERP_TILE["BN"]
-    return min(c["BN"] for c in tile_configs(kind, bd))
+    return min(c["BN"] for c in tile_configs(kind, bd, elt=elt))
 
 
 def backward(do, q, k, v, k2, v2, out, lse, Lq, Lk, M, BH, H, D, scale, grads, tag, write_dq=True):
@@ -549,14 +566,16 @@ def backward(do, q, k, v, k2, v2, out, lse, Lq, Lk, M, BH, H, D, scale, grads, t
     key = ["Lq", "Lk", "M", "D"]
     if Lk + m <= FUSED_MAX_KEYS:
         delta = empty((BH * Lq,), torch.float32, dev)
-        need_acc = write_dq and Lk + m > _min_bn("fused", bd)
+        elt = q.element_size()
+        need_acc = write_dq and Lk + m > _min_bn("fused", bd, elt)
         dqacc = empty((BH * Lq * bd,), torch.float32, dev) if need_acc else delta
         args = (q, k, v, k2, v2, out, do, lse, delta, dqacc, dq, dk, dv, dk2, dv2,
                 *strides4(q), *strides4(k), *strides4(v), *strides4(k2), *strides4(v2), *strides4(out),
                 *strides4(do), *strides4(dq), *strides4(dk), *strides4(dv), *strides4(dk2), *strides4(dv2),
                 H, Lq, Lk, m, D, scale)
         fixed = dict(BD=bd, HAS_MSG=has_msg, WRITE_DQ=write_dq, PREC=prec)
-        launch(attn_bwd_fused_kernel, lambda meta: (BH,), args, fixed, tile_configs("fused", bd), INTERP_TILE,
+        launch(attn_bwd_fused_kernel, lambda meta: (BH,), args, fixed, tile_configs("fused", bd, elt=elt),
+               INTERP_TILE,
                key, (tag, "fused", write_dq))
         return
     args = (q, k, v, k2, v2, out, do, lse, dk, dv, dk2, dv2,
@@ -565,11 +584,13 @@ def backward(do, q, k, v, k2, v2, out, lse, Lq, Lk, M, BH, H, D, scale, grads, t
             H, Lq, Lk, m, D, scale)
     fixed = dict(BD=bd, HAS_MSG=has_msg, PREC=prec)
     grid = lambda meta: (BH * triton.cdiv(Lk + m, meta["BN"]),)  # noqa: E731
-    launch(attn_bwd_dkdv_kernel, grid, args, fixed, tile_configs("dkdv", bd), INTERP_TILE, key, (tag, "dkdv"))
+    launch(attn_bwd_dkdv_kernel, grid, args, fixed, tile_configs("dkdv", bd, elt=q.element_size()), INTERP_TILE,
+           key, (tag, "dkdv"))
     if not write_dq:
         return
     args = (q, k, v, k2, v2, out, do, lse, dq,
             *strides4(q), *strides4(k), *strides4(v), *strides4(k2), *strides4(v2), *strides4(out),
             *strides4(do), *strides4(dq), H, Lq, Lk, m, D, scale)
     grid = lambda meta: (BH * triton.cdiv(Lq, meta["BM"]),)  # noqa: E731
-    launch(attn_bwd_dq_kernel, grid, args, fixed, tile_configs("dq", bd), INTERP_TILE, key, (tag, "dq"))
+    launch(attn_bwd_dq_kernel, grid, args, fixed, tile_configs("dq", bd, elt=q.element_size()), INTERP_TILE,
+           key, (tag, "dq"))

@@ -139,7 +139,7 @@ def backward(do, q, k, v, out, lse, scale, grads=None):
     C.backward(do, q, k, v, None, None, out, lse, K, N, 0, BH, H, D, scale, grads, "pc_shared", write_dq=False)
     bd = C.block_d(D)
     target = _target_programs()
-    configs = C.tile_configs("dq", bd)
+    configs = C.tile_configs("dq", bd, elt=q.element_size())
     bms = [C.INTERP_TILE["BM"]] if C.interpreting() else [c["BM"] for c in configs]
     s_max = max(num_splits(B, H, K, bm, target)[0] for bm in bms)
     if s_max > 1:
