@@ -18,9 +18,10 @@ PTX (``wgmma`` on sm_90, ``mma.sync`` on sm_80; none is expected for float32,
 which uses IEEE dots). A config fails when it spills or needs more shared
 memory than the arch allows (sm_80: 163 KiB, sm_90: 227 KiB per block).
 
-    python -m benchmarks.static_resources                 # full table: D 32..128, bf16/fp16/fp32
     python -m benchmarks.static_resources --subset ci     # X-CLIP shapes, D = 64, bf16 (the suite's test)
-    python -m benchmarks.static_resources --write-results # also replace the section of benchmarks/RESULTS.md
+    python -m benchmarks.static_resources --subset dims   # every kernel, bf16 + fp32, BD = 32 / 64 / 128 (slow test)
+    python -m benchmarks.static_resources                 # everything: also fp16, D = 80 / 96, T = 16 / 32
+    ... --jobs 2 --write-results                          # parallel; replace this subset's table in RESULTS.md
 
 Must run without TRITON_INTERPRET. Exit status 1 when any config fails to
 compile, spills or exceeds shared memory at the shapes compiled.
@@ -59,8 +60,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # X-CLIP: (visual heads, patch tokens + class token per frame, prompt heads); head_dim 64
 XCLIP = {"B/32": (12, 50, 8), "B/16": (12, 197, 8), "L/14": (16, 257, 12)}
 VIDEOS, FRAMES, CLASSES = 32, 8, 400
-RESULTS_BEGIN = "<!-- static-resources:begin -->"
-RESULTS_END = "<!-- static-resources:end -->"
+SECTION = "## Triton kernels: static resources (no GPU)"
 
 
 @dataclass
@@ -111,10 +111,15 @@ def _inputs(op: str, dims: dict, dtype):
     return [e(dims["K"], H, D)] + list(e(dims["B"], dims["N"], 2, H, D).unbind(2))
 
 
-def op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
-    """(op, shape label, sizes, dtype name) to record."""
+def op_cases(subset: str, dtype: str | None = None, head_dim: int | None = None) -> list[tuple[str, str, dict, str]]:
+    """(op, shape label, sizes, dtype name) to record (optionally only one dtype / head dim)."""
+    cases = _op_cases(subset)
+    return [c for c in cases if (dtype is None or c[3] == dtype) and (head_dim is None or c[2]["D"] == head_dim)]
+
+
+def _op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
     cases = []
-    if subset == "probe":  # config search: every kernel, bf16 and fp32, each padded head dim, one shape each
+    if subset == "dims":  # every kernel incl. the long-sequence path, bf16 and fp32, each padded head dim
         for dt in ("bf16", "fp32"):
             for D in (32, 64, 128):
                 cases.append(("intra_frame_attn", f"N197 D{D}", dict(F=64, N=197, M=1, H=12, D=D), dt))
@@ -122,7 +127,7 @@ def op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
                 cases.append(("cross_frame_attn", f"T8 D{D}", dict(B=32, T=8, H=12, D=D), dt))
                 cases.append(("prompt_cross_attn", f"D{D}", dict(B=32, K=400, N=197, H=8, D=D), dt))
         return cases
-    dtypes = ["bf16"] if subset == "ci" else list(DTYPES)
+    dtypes = ["bf16"] if subset == "ci" else list(DTYPES)  # "full"
     for dt in dtypes:
         for arch, (H, N, Hp) in XCLIP.items():
             for T in ((FRAMES,) if subset == "ci" else (8, 16, 32)):
@@ -143,7 +148,7 @@ def op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
     return cases
 
 
-def record_launches(arch: int, subset: str) -> list[Launch]:
+def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: int | None = None) -> list[Launch]:
     """Every kernel launch the op wrappers make for the cases of ``subset``, as the GPU of ``arch`` would."""
     calls: list[Launch] = []
     current = {}
@@ -157,7 +162,7 @@ def record_launches(arch: int, subset: str) -> list[Launch]:
     C.interpreting = lambda: False
     PC.TARGET_PROGRAMS = 264 if arch >= 90 else 216  # 2 programs per SM (H100 / A100)
     try:
-        for op, label, dims, dt in op_cases(subset):
+        for op, label, dims, dt in op_cases(subset, dtype, head_dim):
             dtype = DTYPES[dt]
             current = dict(shape=f"{op.split('_')[0]} {label}", dtype=dt, D=dims["D"])
             mod = {"cross_frame_attn": CF, "intra_frame_attn": IF, "prompt_cross_attn": PC}[op]
@@ -252,10 +257,11 @@ def compile_one(arch: int, launch: Launch, cfg: dict):
     return key, row
 
 
-def build_table(subset: str, archs=ARCHS, jobs: int = 1, verbose: bool = True, only: str | None = None) -> list[Row]:
+def build_table(subset: str, archs=ARCHS, jobs: int = 1, verbose: bool = True, only: str | None = None,
+                dtype: str | None = None, head_dim: int | None = None) -> list[Row]:
     work = []
     for arch in archs:
-        for launch in record_launches(arch, subset):
+        for launch in record_launches(arch, subset, dtype, head_dim):
             name = getattr(launch.kernel, "__name__", "") or launch.kernel.fn.__name__
             if only and only not in name:
                 continue
@@ -356,29 +362,40 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def write_results(md: str, path: Path) -> None:
+def write_results(md: str, path: Path, subset: str) -> None:
+    """Replace (or append) this subset's table in the RESULTS.md section, between its own markers."""
+    begin, end = f"<!-- static-resources:{subset}:begin -->", f"<!-- static-resources:{subset}:end -->"
     text = path.read_text()
-    block = f"{RESULTS_BEGIN}\n{md}{RESULTS_END}"
-    if RESULTS_BEGIN in text:
-        a, b = text.index(RESULTS_BEGIN), text.index(RESULTS_END) + len(RESULTS_END)
+    block = f"{begin}\n{md}{end}"
+    if begin in text:
+        a, b = text.index(begin), text.index(end) + len(end)
         text = text[:a] + block + text[b:]
     else:
-        text = text.rstrip() + "\n\n## Triton kernels: static resources (no GPU)\n\n" + block + "\n"
+        if SECTION not in text:
+            text = text.rstrip() + f"\n\n{SECTION}\n"
+        text = text.rstrip() + f"\n\n### subset `{subset}`\n\n" + block + "\n"
     path.write_text(text)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--subset", choices=("ci", "full", "probe"), default="full")
+    ap.add_argument("--subset", choices=("ci", "dims", "full"), default="full")
     ap.add_argument("--arch", type=int, action="append", help="80 and/or 90 (default both)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel compile processes")
     ap.add_argument("--only", default=None, help="compile only kernels whose name contains this")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="only this dtype")
+    ap.add_argument("--head-dim", type=int, default=None, help="only this head dim")
+    ap.add_argument("--from-json", nargs="+", default=None, help="no compiling: merge these --json outputs")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--md", default=None, help="write the Markdown table here")
     ap.add_argument("--write-results", action="store_true", help="replace the section in benchmarks/RESULTS.md")
     a = ap.parse_args(argv)
     t0 = time.time()
-    rows = build_table(a.subset, tuple(a.arch or ARCHS), a.jobs, only=a.only)
+    if a.from_json:
+        rows = [Row(**r) for f in a.from_json for r in json.loads(Path(f).read_text())]
+        rows.sort(key=lambda r: (r.arch, r.dtype, r.D, r.tag, r.kernel, r.config))
+    else:
+        rows = build_table(a.subset, tuple(a.arch or ARCHS), a.jobs, only=a.only, dtype=a.dtype, head_dim=a.head_dim)
     md = markdown(rows, a.subset)
     print(md)
     print(summary(rows))
@@ -388,8 +405,8 @@ def main(argv=None) -> int:
     if a.md:
         Path(a.md).write_text(md)
     if a.write_results:
-        write_results(md + "\n" + summary(rows).replace("\n", "  \n") + "\n",
-                      Path(__file__).with_name("RESULTS.md"))
+        write_results(summary(rows).replace("\n", "  \n") + "\n\n" + md,
+                      Path(__file__).with_name("RESULTS.md"), a.subset)
     return 0 if all(r.ok for r in rows) else 1
 
 

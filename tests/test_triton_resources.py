@@ -6,9 +6,10 @@ and sm_80. The default test compiles the X-CLIP shapes (B/32, B/16, L/14;
 head dim 64; bfloat16; the layouts the model passes: views of packed
 projections, gradients into a packed buffer) with the JIT's own
 specialization, and fails on a compile error, a register spill or a config
-over the shared-memory limit. The full table (bf16/fp16/fp32, head dims 32..128,
-the long-sequence path) is the ``slow`` test and the script's default, whose
-output is the table in benchmarks/RESULTS.md.
+over the shared-memory limit (about a minute per arch on 2 cores with a cold
+Triton cache). The ``slow`` test compiles the ``dims`` subset: every kernel
+including the long-sequence path, bf16 and fp32, padded head dims 32 / 64 / 128
+(about 20 minutes per arch); both tables are in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def test_xclip_shapes_compile_without_spills(arch, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(7200)
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("arch", [90, 80], ids=["sm90", "sm80"])
-def test_full_table_compiles_without_spills(arch, tmp_path):
-    """bf16/fp16/fp32, head dims 32..128 and the long-sequence kernels: the table in benchmarks/RESULTS.md."""
-    rc, rows, text = _run(tmp_path, "--subset", "full", "--arch", str(arch), "--jobs", "2", timeout=7000)
+def test_head_dims_and_dtypes_compile_without_spills(arch, tmp_path):
+    """Every kernel (long-sequence path too) x every config, bf16 and fp32, head dims 32 / 64 / 128."""
+    rc, rows, text = _run(tmp_path, "--subset", "dims", "--arch", str(arch), "--jobs", "2", timeout=3500)
     assert rc == 0, text[-6000:]
     _check(rows, arch)
     assert {r["kernel"] for r in rows} >= EXPECTED_KERNELS | {"attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"}
-    assert {r["D"] for r in rows} == {32, 64, 80, 96, 128}
+    assert {r["D"] for r in rows} == {32, 64, 128} and {r["dtype"] for r in rows} == {"bf16", "fp32"}

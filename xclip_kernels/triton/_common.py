@@ -170,8 +170,8 @@ _CONFIGS = {
     },
     ("fwd", "ampere", 2): {
         32: [(128, 64, 4, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
-        64: [(128, 64, 4, 2), (64, 64, 4, 2), (64, 32, 4, 3), (128, 32, 4, 3)],
-        128: [(128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 3)],
+        64: [(64, 64, 4, 2), (64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 2)],
+        128: [(128, 64, 8, 2), (64, 32, 4, 3), (64, 64, 8, 2)],
     },
     ("fused", "hopper", 2): {
         32: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
@@ -179,9 +179,20 @@ _CONFIGS = {
         128: [(32, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2)],
     },
     ("fused", "ampere", 2): {
+        32: [(32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 8, 2)],
+        64: [(32, 64, 4, 2), (32, 128, 8, 2)],
+        128: [(32, 64, 8, 2), (32, 32, 8, 2), (32, 32, 4, 2)],
+    },
+    # the fused kernel without dQ (a shared prompt q): other register allocation, own list
+    ("fused_nodq", "hopper", 2): {
         32: [(64, 64, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2)],
         64: [(64, 64, 8, 2), (32, 64, 4, 2), (32, 128, 8, 2), (64, 64, 8, 1)],
         128: [(32, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2)],
+    },
+    ("fused_nodq", "ampere", 2): {
+        32: [(64, 64, 8, 1), (32, 64, 4, 2)],
+        64: [(64, 64, 8, 1)],
+        128: [(32, 32, 8, 2), (32, 32, 4, 2)],
     },
     ("dkdv", "hopper", 2): {
         32: [(64, 64, 4, 3), (64, 128, 8, 2), (32, 64, 4, 2)],
@@ -199,9 +210,9 @@ _CONFIGS = {
         128: [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
     },
     ("dq", "ampere", 2): {
-        32: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
-        64: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)],
-        128: [(64, 64, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
+        32: [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2)],
+        64: [(64, 32, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2)],
+        128: [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
     },
 }
 _FP32 = {  # both archs
@@ -209,6 +220,8 @@ _FP32 = {  # both archs
             128: [(32, 32, 8, 2), (64, 32, 8, 1), (32, 32, 4, 1)]},
     "fused": {32: [(64, 64, 8, 1), (32, 32, 8, 1), (32, 64, 8, 1)], 64: [(32, 32, 8, 1), (16, 32, 4, 1), (32, 64, 8, 1)],
               128: [(16, 32, 8, 1), (32, 32, 8, 1), (16, 16, 4, 1)]},
+    "fused_nodq": {32: [(64, 64, 8, 1), (32, 32, 8, 1), (32, 64, 8, 1)], 64: [(32, 32, 8, 1), (16, 32, 4, 1), (32, 64, 8, 1)],
+                   128: [(16, 32, 8, 1), (32, 32, 8, 1), (16, 16, 4, 1)]},
     "dkdv": {32: [(32, 64, 8, 1), (32, 32, 4, 1), (64, 64, 8, 1)], 64: [(32, 32, 8, 1), (32, 32, 4, 1), (16, 64, 8, 1)],
              128: [(16, 32, 8, 1), (32, 32, 8, 1), (16, 16, 4, 1)]},
     "dq": {32: [(64, 32, 8, 2), (32, 32, 4, 2), (64, 64, 8, 1)], 64: [(32, 32, 4, 2), (64, 32, 8, 1), (32, 64, 8, 1)],
@@ -220,7 +233,7 @@ for _kind, _table in _FP32.items():
 
 
 def tile_configs(kind: str, bd: int, arch: str | None = None, elt: int = 2) -> list[dict]:
-    """Autotune candidates of a G = 1 kernel (``kind``: fwd, fused, dkdv, dq) for padded head dim ``bd``
+    """Autotune candidates of a G = 1 kernel (``kind``: fwd, fused, fused_nodq, dkdv, dq) for padded head dim ``bd``
     and element size ``elt`` (2: bf16 / fp16, 4: fp32)."""
     arch = arch or _gpu_arch()
     table = _CONFIGS[(kind, "hopper" if arch == "hopper" else "ampere", 4 if elt >= 4 else 2)]
@@ -567,14 +580,15 @@ def backward(do, q, k, v, k2, v2, out, lse, Lq, Lk, M, BH, H, D, scale, grads, t
     if Lk + m <= FUSED_MAX_KEYS:
         delta = empty((BH * Lq,), torch.float32, dev)
         elt = q.element_size()
-        need_acc = write_dq and Lk + m > _min_bn("fused", bd, elt)
+        kind = "fused" if write_dq else "fused_nodq"
+        need_acc = write_dq and Lk + m > _min_bn(kind, bd, elt)
         dqacc = empty((BH * Lq * bd,), torch.float32, dev) if need_acc else delta
         args = (q, k, v, k2, v2, out, do, lse, delta, dqacc, dq, dk, dv, dk2, dv2,
                 *strides4(q), *strides4(k), *strides4(v), *strides4(k2), *strides4(v2), *strides4(out),
                 *strides4(do), *strides4(dq), *strides4(dk), *strides4(dv), *strides4(dk2), *strides4(dv2),
                 H, Lq, Lk, m, D, scale)
         fixed = dict(BD=bd, HAS_MSG=has_msg, WRITE_DQ=write_dq, PREC=prec)
-        launch(attn_bwd_fused_kernel, lambda meta: (BH,), args, fixed, tile_configs("fused", bd, elt=elt),
+        launch(attn_bwd_fused_kernel, lambda meta: (BH,), args, fixed, tile_configs(kind, bd, elt=elt),
                INTERP_TILE,
                key, (tag, "fused", write_dq))
         return
