@@ -154,7 +154,8 @@ def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: 
     current = {}
 
     def fake_launch(kernel, grid, args, fixed, configs, interp, key, tag):
-        calls.append(Launch(kernel, args, dict(fixed), list(configs) or [{}], str(tag), **current))
+        name = "/".join(map(str, tag)) if isinstance(tag, tuple) else str(tag)
+        calls.append(Launch(kernel, args, dict(fixed), list(configs) or [{}], name, **current))
 
     saved = (C.launch, C._gpu_arch, C.interpreting, PC.TARGET_PROGRAMS)
     C.launch = fake_launch
@@ -336,7 +337,14 @@ def markdown(rows: list[Row], subset: str) -> str:
         "| arch | kernel (tag) | dtype | D | config | regs | spill B | smem KiB | tensor cores | shapes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    merged: dict = {}  # rows that differ only in specialization details (e.g. H = 12 vs 16) read as one
     for r in rows:
+        k = (r.arch, r.kernel, r.tag, r.dtype, r.D, r.config, r.regs, r.spill_bytes, r.smem, r.tensor_cores, r.error)
+        if k in merged:
+            merged[k].shapes = merged[k].shapes + [s for s in r.shapes if s not in merged[k].shapes]
+        else:
+            merged[k] = Row(**{**asdict(r), "shapes": list(r.shapes)})
+    for r in merged.values():
         shapes = ", ".join(sorted(set(r.shapes)))
         if len(shapes) > 60:
             shapes = shapes[:57] + "..."
