@@ -32,7 +32,7 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2) -
     """
     arch = arch or C._gpu_arch()
     if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles
-        rows = [(32, 4, 1), (64, 8, 1)] if kind == "fwd" else [(32, 4, 1), (16, 2, 1)]
+        rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
     elif arch == "hopper":
         rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1)]
     else:
