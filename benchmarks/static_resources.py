@@ -157,7 +157,8 @@ def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: 
         name = "/".join(map(str, tag)) if isinstance(tag, tuple) else str(tag)
         calls.append(Launch(kernel, args, dict(fixed), list(configs) or [{}], name, **current))
 
-    saved = (C.launch, C._gpu_arch, C.interpreting, PC.TARGET_PROGRAMS)
+    saved = (C.launch, C._gpu_arch, C.interpreting, PC.TARGET_PROGRAMS, C.FUSED_MIN_PAIRS)
+    C.FUSED_MIN_PAIRS = 132 if arch >= 90 else 108  # SMs of an H100 / A100
     C.launch = fake_launch
     C._gpu_arch = lambda: "hopper" if arch >= 90 else "ampere"
     C.interpreting = lambda: False
@@ -188,7 +189,7 @@ def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: 
                         grads += list(gm.unbind(2))
                 mod.backward(do, *xs, out, lse, scale, grads=grads)
     finally:
-        C.launch, C._gpu_arch, C.interpreting, PC.TARGET_PROGRAMS = saved
+        C.launch, C._gpu_arch, C.interpreting, PC.TARGET_PROGRAMS, C.FUSED_MIN_PAIRS = saved
     return calls
 
 

@@ -54,6 +54,20 @@ MAX_HEAD_DIM = 128  # BD = next power of two of D (>= 16), masked
 # fused backward; longer ones the two-launch general path. X-CLIP's largest
 # key count is 258 (ViT-L/14: 257 tokens + 1 message).
 FUSED_MAX_KEYS = 320
+# ... and only when there are at least as many (batch, head) pairs as SMs (the
+# fused kernel runs one program per pair; fewer would leave SMs idle, where the
+# general path spreads each pair over its key / query blocks). Set from the
+# device at the first call; 0 (always fused) without CUDA.
+FUSED_MIN_PAIRS: int | None = None
+
+
+def use_fused(BH: int, keys: int) -> bool:
+    """Whether a backward of ``BH`` pairs over ``keys`` keys takes the one-launch fused kernel."""
+    global FUSED_MIN_PAIRS
+    if FUSED_MIN_PAIRS is None:
+        FUSED_MIN_PAIRS = (torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+                           if torch.cuda.is_available() and not interpreting() else 0)
+    return keys <= FUSED_MAX_KEYS and BH >= FUSED_MIN_PAIRS
 
 
 # Test hook: when True, every buffer the kernels are meant to overwrite (and
@@ -563,7 +577,7 @@ def _min_bn(kind: str, bd: int, elt: int) -> int:
 def backward(do, q, k, v, k2, v2, out, lse, Lq, Lk, M, BH, H, D, scale, grads, tag, write_dq=True):
     """dQ, dK, dV (+ dK2, dV2) into ``grads`` (dq first; dq ignored when not ``write_dq``).
 
-    One launch (fused) up to :data:`FUSED_MAX_KEYS` keys, else two (dK/dV, dQ).
+    One launch (fused) up to :data:`FUSED_MAX_KEYS` keys (see :func:`use_fused`), else two (dK/dV, dQ).
     """
     has_msg = k2 is not None
     if has_msg:
@@ -578,7 +592,7 @@ def backward(do, q, k, v, k2, v2, out, lse, Lq, Lk, M, BH, H, D, scale, grads, t
     if not write_dq:
         dq = dk  # never written (WRITE_DQ=False / no dQ launch)
     key = ["Lq", "Lk", "M", "D"]
-    if Lk + m <= FUSED_MAX_KEYS:
+    if use_fused(BH, Lk + m):
         delta = empty((BH * Lq,), torch.float32, dev)
         elt = q.element_size()
         kind = "fused" if write_dq else "fused_nodq"
