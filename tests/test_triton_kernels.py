@@ -325,3 +325,13 @@ def test_grads_into_packed_views(op, monkeypatch):
         torch.testing.assert_close(g, r, atol=0, rtol=0, msg=f"d{name}")
     with pytest.raises(ValueError, match=r"grads\[1\]"):
         mod.backward(do, *tensors, out, lse, scale, grads=[views[0], views[1][:, :1]] + views[2:])
+
+
+@pytest.mark.skipif(not INTERPRET, reason="counts launches through the interpreter")
+def test_few_pairs_take_the_general_path(monkeypatch, poison):
+    """Fewer (batch, head) pairs than SMs: two launches spread over key / query blocks instead of one per pair."""
+    monkeypatch.setattr(C, "FUSED_MIN_PAIRS", 10)
+    for F, launches in ((2, 2), (5, 1)):  # 4 pairs -> general; 10 pairs -> fused
+        log = _LaunchLog(monkeypatch)
+        _check_op("intra_frame_attn", dict(F=F, N=9, M=1, H=2, D=16), torch.float32, seed=F)
+        assert len(log.calls) == 1 + launches, log.calls
