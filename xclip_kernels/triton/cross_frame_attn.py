@@ -25,7 +25,7 @@ def not_supported_reasons(inputs) -> list[str]:
     return C.head_dim_reasons(inputs)
 
 
-def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2) -> list[dict]:
+def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, bd: int = 64) -> list[dict]:
     """Packed-tile candidates: ROWS = G * T_pad rows per program (num_warps, num_stages per ROWS).
 
     Checked for spills and shared memory by tests/test_triton_resources.py.
@@ -33,6 +33,11 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2) -
     arch = arch or C._gpu_arch()
     if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles
         rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
+    elif bd >= 128:  # D > 64: no 4-warp 64-row tiles, no 128-row backward tiles (they spill)
+        if arch == "hopper":
+            rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 8, 2)]
+        else:
+            rows = [(32, 2, 2), (64, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 8, 1)]
     elif arch == "hopper":
         rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1)]
     else:
@@ -61,7 +66,8 @@ def forward(q, k, v, scale):
     packed = None
     if T <= PACK_MAX_T:
         tp = _pack_tp(T)
-        packed = (_packed_configs(tp, "fwd", elt=q.element_size()), dict(G=_interp_group(tp), BM=tp, BN=tp))
+        packed = (_packed_configs(tp, "fwd", elt=q.element_size(), bd=C.block_d(D)),
+                  dict(G=_interp_group(tp), BM=tp, BN=tp))
     return C.forward(q, k, v, None, None, T, T, 0, B * H, H, D, scale, (B, T, H, D),
                      ("cf_packed", _pack_tp(T)) if packed else "cf_fwd", packed=packed)
 
@@ -119,6 +125,6 @@ def backward(do, q, k, v, out, lse, scale, grads=None):
             *C.strides4(dq), *C.strides4(dk), *C.strides4(dv), BH, H, T, D, scale)
     grid = lambda m: (triton.cdiv(BH, m["G"]),)  # noqa: E731
     C.launch(_cf_bwd_packed_kernel, grid, args, dict(TP=tp, BD=C.block_d(D), PREC=C.dot_precision(q.dtype)),
-             _packed_configs(tp, "bwd", elt=q.element_size()), dict(G=_interp_group(tp)), ["T", "D"],
+             _packed_configs(tp, "bwd", elt=q.element_size(), bd=C.block_d(D)), dict(G=_interp_group(tp)), ["T", "D"],
              ("cf_bwd_packed", tp))
     return grads
