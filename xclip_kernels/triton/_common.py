@@ -41,6 +41,7 @@ Backward kernels:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -128,11 +129,19 @@ def grad_buffers(grads, like, device) -> tuple:
 # --- autotuning -------------------------------------------------------------------
 
 
+_ARCH: dict = {}
+
+
 def _gpu_arch() -> str:
+    """"hopper" (sm_90+), "ampere" or "none"; looked up once per device (host cost per call matters)."""
     if not torch.cuda.is_available():
         return "none"
-    major, _ = torch.cuda.get_device_capability()
-    return "hopper" if major >= 9 else "ampere"
+    dev = torch.cuda.current_device()
+    arch = _ARCH.get(dev)
+    if arch is None:
+        major, _ = torch.cuda.get_device_capability(dev)
+        arch = _ARCH[dev] = "hopper" if major >= 9 else "ampere"
+    return arch
 
 
 _TUNERS: dict = {}
@@ -250,7 +259,11 @@ for _kind, _table in _FP32.items():
 def tile_configs(kind: str, bd: int, arch: str | None = None, elt: int = 2) -> list[dict]:
     """Autotune candidates of a G = 1 kernel (``kind``: fwd, fused, fused_nodq, dkdv, dq) for padded head dim ``bd``
     and element size ``elt`` (2: bf16 / fp16, 4: fp32)."""
-    arch = arch or _gpu_arch()
+    return _tile_configs(kind, bd, arch or _gpu_arch(), elt)
+
+
+@functools.lru_cache(maxsize=None)
+def _tile_configs(kind: str, bd: int, arch: str, elt: int) -> list[dict]:
     table = _CONFIGS[(kind, "hopper" if arch == "hopper" else "ampere", 4 if elt >= 4 else 2)]
     rows = table[min(128, max(32, bd))]
     return [dict(BM=bm, BN=bn, num_warps=nw, num_stages=ns) for bm, bn, nw, ns in rows]
