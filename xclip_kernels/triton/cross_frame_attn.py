@@ -33,7 +33,7 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, b
     arch = arch or C._gpu_arch()
     if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles, more warps for D > 64
         if bd >= 128:
-            rows = [(16, 4, 1), (32, 8, 1)] if kind == "fwd" else [(16, 4, 1)]
+            rows = [(16, 4, 1)] if kind == "fwd" else [(16, 4, 1)]
         else:
             rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
     elif bd >= 128:  # D > 64: no 4-warp 64-row tiles, no 128-row backward tiles (they spill)
