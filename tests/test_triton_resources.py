@@ -7,9 +7,11 @@ head dim 64; bfloat16; the layouts the model passes: views of packed
 projections, gradients into a packed buffer) with the JIT's own
 specialization, and fails on a compile error, a register spill or a config
 over the shared-memory limit (about a minute per arch on 2 cores with a cold
-Triton cache). The ``slow`` test compiles the ``dims`` subset: every kernel
-including the long-sequence path, bf16 and fp32, padded head dims 32 / 64 / 128
-(about 20 minutes per arch); both tables are in benchmarks/RESULTS.md.
+Triton cache). The ``slow`` tests compile the ``dims`` subset in chunks of
+(arch, dtype, padded head dim): every kernel including the long-sequence path,
+bf16 and fp32, head dims 32 / 64 / 128 (a few minutes per chunk; float32
+spilling candidates take ptxas 10-30 s each); the tables are in
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
