@@ -331,7 +331,7 @@ def markdown(rows: list[Row], subset: str) -> str:
     fails = [r for r in rows if not r.ok]
     lines = [
         f"Static resources of every Triton kernel in every autotune config (`python -m benchmarks.static_resources"
-        f"{' --subset ci' if subset == 'ci' else ''}`; triton {triton.__version__}, ptxas of Triton's bundle; "
+        f"{'' if subset == 'full' else ' --subset ' + subset}`; triton {triton.__version__}, ptxas of Triton's bundle; "
         f"compiled with the JIT's own specialization, no GPU). {len(rows)} distinct compilations, "
         f"{len(fails)} failing (spill, over the shared-memory limit or compile error).",
         "",
