@@ -465,7 +465,8 @@ class XCLIP(nn.Module):
 
     def _encode_text(self, tokens: Tensor) -> Tensor:
         eot = tokens.argmax(dim=-1)  # <eot> has the largest id
-        if not torch.compiler.is_compiling():  # a data-dependent length would break the graph
+        # a data-dependent length would break a compiled graph, and meta/fake tensors hold no ids to read
+        if not torch.compiler.is_compiling() and tokens.device.type != "meta":
             # The tower is causal: the feature at <eot> never sees the positions after it, so the padding
             # beyond the batch's last <eot> can be dropped. The linear layers and LayerNorms give the same
             # bits; SDPA's CPU kernel may sum a row in another order for another key length (float64: ~1e-15).
