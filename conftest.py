@@ -4,6 +4,8 @@
   interpreter: TRITON_INTERPRET=1 is set here (before any Triton kernel is
   defined) unless the environment already says otherwise.
 - ``@pytest.mark.gpu`` tests are skipped when no CUDA device is visible.
+- ``@pytest.mark.slow`` tests (tens of minutes on 2 cores: e.g. compiling every
+  kernel at every head dim and dtype) run only with ``XCLIP_SLOW_TESTS=1``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ if not torch.cuda.is_available():
 HAS_CUDA = torch.cuda.is_available()
 
 
+RUN_SLOW = os.environ.get("XCLIP_SLOW_TESTS", "0") not in ("", "0")
+
+
 def pytest_collection_modifyitems(config, items):
-    if HAS_CUDA:
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    not_slow = pytest.mark.skip(reason="slow: set XCLIP_SLOW_TESTS=1 to run it")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(no_gpu)
+        if "slow" in item.keywords and not RUN_SLOW:
+            item.add_marker(not_slow)

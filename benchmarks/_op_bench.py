@@ -7,6 +7,14 @@ Contenders, per op and shape:
   on the concatenated (intra-frame: ``cat(k, k_msg)``) or expanded (prompt:
   shared ``q`` expanded to ``[B, K, H, D]``) inputs.
 
+Timing, three figures per case so host overhead and kernel time read apart:
+wall clock of one synchronised step (host + GPU; pytest-benchmark's figure),
+GPU stream time from CUDA events around back-to-back steps, and GPU time of
+the step captured once in a CUDA graph and replayed (no host work at all; the
+small ops are host-bound, so this is their kernel time). The last two exist
+on a GPU only (``gpu_ms`` / ``graph_ms`` in the rows and in pytest-benchmark's
+``extra_info``).
+
 Modes: ``fwd`` (forward only, no autograd) and ``fwd+bwd`` (forward and
 backward of a random output gradient). On a GPU the shapes are X-CLIP's
 (bfloat16, head_dim 64); on the CPU they are tiny (float32) so the benchmark
@@ -130,24 +138,32 @@ def make_step(op: str, contender: str, mode: str, tensors):
     """A closure running one timed step; returns (step, result_getter)."""
     fn = forward_fn(op, contender)
     if mode == "fwd":
-        def step():
+        def body():
             with torch.no_grad():
-                out = fn(*tensors)
+                return fn(*tensors)
+
+        def step():
+            out = body()
             sync()
             return out
+        step.body = body
         return step
     leaves = [t.detach().requires_grad_(True) for t in tensors]
     do = torch.randn(make_out_shape(op, tensors), device=DEVICE, dtype=torch.float32).to(DTYPE)
 
-    def step():
+    def body():
         for t in leaves:
             t.grad = None
         out = fn(*leaves)
         out.backward(do)
-        sync()
         return (out.detach(), *[t.grad for t in leaves])
 
-    step.leaves, step.do = leaves, do
+    def step():
+        res = body()
+        sync()
+        return res
+
+    step.leaves, step.do, step.body = leaves, do, body
     return step
 
 
@@ -197,6 +213,7 @@ def run_benchmark(benchmark, op: str, dims: dict, contender: str, mode: str):
     benchmark.extra_info.update(
         op=op, contender=contender, mode=mode, shape=shape_id(dims), dtype=str(DTYPE).replace("torch.", ""),
         device=torch.cuda.get_device_name() if ON_GPU else "cpu", peak_mem_MiB=peak_memory_mib(step),
+        **gpu_timings(step),
     )
     benchmark(step)
 
@@ -205,22 +222,83 @@ def run_benchmark(benchmark, op: str, dims: dict, contender: str, mode: str):
 
 
 def _time_ms(step, min_time=0.5, max_iters=200) -> float:
+    """Median wall-clock milliseconds of one synchronised step (host overhead + GPU work)."""
     step()
     times = []
     t_end = time.perf_counter() + min_time
     while len(times) < 5 or (time.perf_counter() < t_end and len(times) < max_iters):
-        if ON_GPU:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def gpu_event_ms(step, iters: int = 20, repeats: int = 5) -> float | None:
+    """GPU stream time per step from CUDA events around ``iters`` back-to-back steps (median of ``repeats``).
+
+    Includes the gaps where the GPU waits for the host to launch the next
+    kernel; compare with :func:`graph_ms` (no host in the loop) to read the
+    host overhead. None on the CPU.
+    """
+    if not ON_GPU:
+        return None
+    step.body()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(iters):
+            step.body()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b) / iters)
+    return statistics.median(out)
+
+
+def graph_ms(step, iters: int = 20, repeats: int = 5) -> float | None:
+    """GPU time per step of the step captured once in a CUDA graph and replayed (no host overhead).
+
+    None on the CPU; raises when the step cannot be captured.
+    """
+    if not ON_GPU:
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (autotuning, allocator) outside the capture
+        for _ in range(3):
+            step.body()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step.body()
+    g.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(iters):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        out.append(a.elapsed_time(b) / iters)
+    del g
+    return statistics.median(out)
+
+
+def gpu_timings(step) -> dict:
+    """``gpu_ms`` (CUDA events) and ``graph_ms`` (CUDA graph replay) of a step; empty on the CPU."""
+    if not ON_GPU:
+        return {}
+    res = {"gpu_ms": gpu_event_ms(step)}
+    try:
+        res["graph_ms"] = graph_ms(step)
+    except Exception as e:  # a contender that cannot be captured still gets its other figures
+        res["graph_ms"] = None
+        res["graph_error"] = f"{type(e).__name__}: {str(e)[:160]}"
+    return res
 
 
 def run_all(ops) -> list[dict]:
@@ -230,7 +308,8 @@ def run_all(ops) -> list[dict]:
             for mode in MODES:
                 for c in CONTENDERS:
                     tensors = make_inputs(op, dims)
-                    row = dict(op=op, shape=shape_id(dims), mode=mode, contender=c, ms=None, peak_mem_MiB=None)
+                    row = dict(op=op, shape=shape_id(dims), mode=mode, contender=c, ms=None, gpu_ms=None,
+                               graph_ms=None, peak_mem_MiB=None)
                     reason = why_not(op, c, tensors)
                     if reason:
                         row["skipped"] = reason
@@ -242,6 +321,7 @@ def run_all(ops) -> list[dict]:
                             del res
                             row["peak_mem_MiB"] = peak_memory_mib(step)
                             row["ms"] = _time_ms(step)
+                            row.update(gpu_timings(step))
                         except Exception as e:  # report, keep going
                             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
                     rows.append(row)
@@ -257,13 +337,14 @@ def rows_from_pytest_json(path: str) -> list[dict]:
     for b in data["benchmarks"]:
         ei = b.get("extra_info", {})
         rows.append(dict(op=ei.get("op"), shape=ei.get("shape"), mode=ei.get("mode"), contender=ei.get("contender"),
-                         ms=b["stats"]["median"] * 1e3, peak_mem_MiB=ei.get("peak_mem_MiB")))
+                         ms=b["stats"]["median"] * 1e3, gpu_ms=ei.get("gpu_ms"), graph_ms=ei.get("graph_ms"),
+                         peak_mem_MiB=ei.get("peak_mem_MiB")))
     return rows
 
 
 def table(rows: list[dict]) -> str:
     contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in rows)]
-    head = "| op | shape | mode | " + " | ".join(f"{c} ms (MiB)" for c in contenders) + " |"
+    head = "| op | shape | mode | " + " | ".join(f"{c} wall / gpu / graph ms (MiB)" for c in contenders) + " |"
     lines = [head, "|" + "---|" * (3 + len(contenders))]
     keys = []
     for r in rows:
@@ -278,11 +359,16 @@ def table(rows: list[dict]) -> str:
                 cells.append("n/a" if r is None or "skipped" in r else "error")
             else:
                 mem = "" if r.get("peak_mem_MiB") is None else f" ({r['peak_mem_MiB']:.0f})"
-                cells.append(f"{r['ms']:.3f}{mem}")
+                gpu = "" if r.get("gpu_ms") is None else f" / {r['gpu_ms']:.3f}"
+                graph = "" if r.get("graph_ms") is None else f" / {r['graph_ms']:.3f}"
+                cells.append(f"{r['ms']:.3f}{gpu}{graph}{mem}")
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
     dev = torch.cuda.get_device_name() if ON_GPU else "cpu"
     note = (f"\n\nDevice: {dev}; dtype {str(DTYPE).replace('torch.', '')}; torch {torch.__version__}; "
-            f"median ms per step (peak memory above inputs, MiB); n/a: contender cannot run these inputs.\n")
+            f"median ms per step: wall clock of a synchronised step (host + GPU) / GPU stream time from CUDA "
+            f"events over back-to-back steps / GPU time of the step replayed from a CUDA graph (no host "
+            f"overhead; the last two on a GPU only); peak memory above inputs, MiB; n/a: contender cannot "
+            f"run these inputs.\n")
     try:
         import triton
 

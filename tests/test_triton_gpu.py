@@ -139,3 +139,59 @@ def test_batch_heads_above_65535(poison):
     q, k, v = (_randn(5500, 5, 12, D, dtype=dt) for _ in range(3))
     km, vm = (_randn(5500, 1, 12, D, dtype=dt) for _ in range(2))
     _check("intra_frame_attn", [q, k, v, km, vm], dt)
+
+
+@pytest.mark.parametrize("op", ["cross_frame_attn", "intra_frame_attn"])
+def test_grads_into_packed_buffer_bf16(op, poison):
+    """``backward(..., grads=views)`` writes bf16 gradients straight into one packed [.., 3, H, D] buffer."""
+    torch.manual_seed(11)
+    dt = torch.bfloat16
+    mod = _mods()[op]
+    if op == "cross_frame_attn":
+        qkv = _randn(32, 8, 3, 12, D, dtype=dt)
+        xs = list(qkv.unbind(2))
+        packed = [torch.full_like(qkv, float("nan"))]
+    else:
+        qkv, kvm = _randn(16, 197, 3, 12, D, dtype=dt), _randn(16, 1, 2, 12, D, dtype=dt)
+        xs = list(qkv.unbind(2)) + list(kvm.unbind(2))
+        packed = [torch.full_like(qkv, float("nan")), torch.full_like(kvm, float("nan"))]
+    views = [v for p in packed for v in p.unbind(2)]
+    scale = D ** -0.5
+    out, lse = mod.forward(*xs, scale)
+    do = torch.randn_like(out)
+    got = mod.backward(do, *xs, out, lse, scale, grads=views)
+    ref = mod.backward(do, *xs, out, lse, scale)
+    for g, v, r in zip(got, views, ref):
+        assert g is v and not torch.isnan(g).any()
+        torch.testing.assert_close(g, r, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("op", ["cross_frame_attn", "intra_frame_attn", "prompt_cross_attn"])
+def test_forward_backward_capture_in_cuda_graph(op):
+    """The kernels (autotuned first) replay from a CUDA graph with the same result as an eager call."""
+    torch.manual_seed(3)
+    dt = torch.bfloat16
+    mod = _mods()[op]
+    if op == "cross_frame_attn":
+        xs = list(_randn(32, 8, 3, 12, D, dtype=dt).unbind(2))
+    elif op == "intra_frame_attn":
+        xs = list(_randn(16, 50, 3, 12, D, dtype=dt).unbind(2)) + list(_randn(16, 1, 2, 12, D, dtype=dt).unbind(2))
+    else:
+        xs = [_randn(400, 8, D, dtype=dt)] + list(_randn(4, 50, 2, 8, D, dtype=dt).unbind(2))
+    scale = D ** -0.5
+    do = None
+
+    def body():
+        out, lse = mod.forward(*xs, scale)
+        return (out, *mod.backward(do, *xs, out, lse, scale))
+
+    do = torch.randn_like(mod.forward(*xs, scale)[0])
+    ref = body()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        res = body()
+    g.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(res, ref):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

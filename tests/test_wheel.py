@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_wheel_runs_the_cli_outside_the_repository(tmp_path):
     for tool in ("bash", "git", "tar"):
         if shutil.which(tool) is None:

@@ -4,15 +4,15 @@ T is tiny in X-CLIP (8..32 frames) and B*H large, so the usual one-sequence
 tile would be mostly padding. Up to ``PACK_MAX_T`` frames, a program packs
 ``G = ROWS // T_pad`` (batch, head) sequences into one ``ROWS``-row tile,
 masks the scores between different sequences, and covers each whole sequence
-in one step: the forward is one tile product, and the backward is a single
-fused kernel computing dQ, dK and dV together from one read of q, k, v, o and
-dO (delta = rowsum(dO * O) computed in-kernel). Longer sequences fall back to
-the generic flash kernels of ``_common`` (G = 1, key loop, dK/dV + dQ kernels).
+in one step: the forward is one tile product (one launch), and the backward is
+one fused kernel computing dQ, dK and dV together from one read of q, k, v, o
+and dO (delta = rowsum(dO * O) computed in-kernel; one launch). Longer
+sequences use the G = 1 kernels of ``_common`` (one forward launch; one fused
+backward launch, or two beyond ``_common.FUSED_MAX_KEYS``).
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -25,11 +25,26 @@ def not_supported_reasons(inputs) -> list[str]:
     return C.head_dim_reasons(inputs)
 
 
-def _packed_configs(tp: int, kind: str) -> list[dict]:
-    if C._gpu_arch() == "hopper":
+def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, bd: int = 64) -> list[dict]:
+    """Packed-tile candidates: ROWS = G * T_pad rows per program (num_warps, num_stages per ROWS).
+
+    Checked for spills and shared memory by tests/test_triton_resources.py.
+    """
+    arch = arch or C._gpu_arch()
+    if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles, more warps for D > 64
+        if bd >= 128:
+            rows = [(16, 4, 1)] if kind == "fwd" else [(16, 4, 1)]
+        else:
+            rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
+    elif bd >= 128:  # D > 64: no 4-warp 64-row tiles, no 128-row backward tiles (they spill)
+        if arch == "hopper":
+            rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 8, 2)]
+        else:
+            rows = [(32, 2, 2), (64, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 8, 1)]
+    elif arch == "hopper":
         rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1)]
     else:
-        rows = [(32, 2, 2), (64, 4, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 4, 1), (128, 8, 1)]
+        rows = [(32, 2, 2), (64, 4, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 4, 1), (64, 8, 1)]
     out = []
     for r, nw, ns in rows:
         if r < max(tp, 16):
@@ -42,7 +57,7 @@ def _packed_configs(tp: int, kind: str) -> list[dict]:
 
 
 def _pack_tp(T: int) -> int:
-    return triton.next_power_of_2(T)
+    return max(1, triton.next_power_of_2(T))
 
 
 def _interp_group(tp: int) -> int:
@@ -51,26 +66,13 @@ def _interp_group(tp: int) -> int:
 
 def forward(q, k, v, scale):
     B, T, H, D = q.shape
-    BH = B * H
-    out = C.empty((B, T, H, D), q.dtype, q.device)
-    lse = C.empty((B, H, T), torch.float32, q.device)
-    bd = C.block_d(D)
-    args = (q, k, v, k, v, out, lse,
-            *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(k), *C.strides4(v), *C.strides4(out),
-            BH, H, T, T, 0, D, scale)
-    fixed = dict(BMSG=16, BD=bd, HAS_MSG=False, PREC=C.dot_precision(q.dtype))
+    packed = None
     if T <= PACK_MAX_T:
         tp = _pack_tp(T)
-        grid = lambda m: (triton.cdiv(BH, m["G"]), triton.cdiv(T, m["BM"]))  # noqa: E731
-        g = _interp_group(tp)
-        C.launch(C.attn_fwd_kernel, grid, args, fixed, _packed_configs(tp, "fwd"),
-                 dict(G=g, BM=tp, BN=tp), ["Lq", "D"], ("cf_packed", tp))
-    else:
-        fixed["G"] = 1
-        grid = lambda m: (BH, triton.cdiv(T, m["BM"]))  # noqa: E731
-        C.launch(C.attn_fwd_kernel, grid, args, fixed, C.tile_configs("fwd", bd), C.INTERP_TILE,
-                 ["Lq", "Lk", "D"], "cf_fwd")
-    return out, lse
+        packed = (_packed_configs(tp, "fwd", elt=q.element_size(), bd=C.block_d(D)),
+                  dict(G=_interp_group(tp), BM=tp, BN=tp))
+    return C.forward(q, k, v, None, None, T, T, 0, B * H, H, D, scale, (B, T, H, D),
+                     ("cf_packed", _pack_tp(T)) if packed else "cf_fwd", packed=packed)
 
 
 @triton.jit
@@ -81,7 +83,9 @@ def _cf_bwd_packed_kernel(
     svb, svt, svh, svd,
     sob, sot, soh, sod,
     sdb, sdt, sdh, sdd,
-    sgb, sgt, sgh, sgd,  # dq, dk, dv: contiguous [B, T, H, D], one stride set
+    sqgb, sqgt, sqgh, sqgd,
+    skgb, skgt, skgh, skgd,
+    svgb, svgt, svgh, svgd,
     BH, H, T, D, scale,
     G: tl.constexpr, TP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -104,34 +108,26 @@ def _cf_bwd_packed_kernel(
     ds = (p * (dp - delta[:, None])).to(q.dtype)
     dq = tl.dot(ds, k, input_precision=PREC) * scale
     dk = tl.dot(tl.trans(ds), q, input_precision=PREC) * scale
-    C.store_tile(DQ, dq, bh, t, ok, H, D, sgb, sgt, sgh, sgd, BD)
-    C.store_tile(DK, dk, bh, t, ok, H, D, sgb, sgt, sgh, sgd, BD)
-    C.store_tile(DV, dv, bh, t, ok, H, D, sgb, sgt, sgh, sgd, BD)
+    C.store_tile(DQ, dq, bh, t, ok, H, D, sqgb, sqgt, sqgh, sqgd, BD)
+    C.store_tile(DK, dk, bh, t, ok, H, D, skgb, skgt, skgh, skgd, BD)
+    C.store_tile(DV, dv, bh, t, ok, H, D, svgb, svgt, svgh, svgd, BD)
 
 
-def backward(do, q, k, v, out, lse, scale):
+def backward(do, q, k, v, out, lse, scale, grads=None):
+    """Gradients of (q, k, v), written into ``grads`` (any strides, e.g. views of one packed buffer) when given."""
     B, T, H, D = q.shape
     BH = B * H
-    dq = C.empty((B, T, H, D), q.dtype, q.device)
-    dk = C.empty((B, T, H, D), k.dtype, q.device)
-    dv = C.empty((B, T, H, D), v.dtype, q.device)
-    bd = C.block_d(D)
-    prec = C.dot_precision(q.dtype)
-    if T <= PACK_MAX_T:
-        tp = _pack_tp(T)
-        args = (q, k, v, out, do, lse, dq, dk, dv,
-                *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(out), *C.strides4(do), *C.strides4(dq),
-                BH, H, T, D, scale)
-        grid = lambda m: (triton.cdiv(BH, m["G"]),)  # noqa: E731
-        C.launch(_cf_bwd_packed_kernel, grid, args, dict(TP=tp, BD=bd, PREC=prec), _packed_configs(tp, "bwd"),
-                 dict(G=_interp_group(tp)), ["T", "D"], ("cf_bwd_packed", tp))
-        return dq, dk, dv
-    delta = C.bwd_delta(out, do, BH, H, T, D)
-    C.dkdv(q, k, v, do, lse, delta, dk, dv, BH, H, T, T, D, scale, "cf_dkdv")
-    args = (q, k, v, k, v, do, lse, delta, dq,
-            *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(k), *C.strides4(v), *C.strides4(do),
-            *C.strides4(dq), BH, H, T, T, 0, D, scale)
-    grid = lambda m: (BH, triton.cdiv(T, m["BM"]))  # noqa: E731
-    C.launch(C.attn_bwd_dq_kernel, grid, args, dict(G=1, BMSG=16, BD=bd, HAS_MSG=False, PREC=prec),
-             C.tile_configs("dq", bd), C.INTERP_TILE, ["Lq", "Lk", "D"], "cf_dq")
-    return dq, dk, dv
+    grads = C.grad_buffers(grads, (q, k, v), q.device)
+    dq, dk, dv = grads
+    if T > PACK_MAX_T:
+        C.backward(do, q, k, v, None, None, out, lse, T, T, 0, BH, H, D, scale, grads, "cf")
+        return grads
+    tp = _pack_tp(T)
+    args = (q, k, v, out, do, lse, dq, dk, dv,
+            *C.strides4(q), *C.strides4(k), *C.strides4(v), *C.strides4(out), *C.strides4(do),
+            *C.strides4(dq), *C.strides4(dk), *C.strides4(dv), BH, H, T, D, scale)
+    grid = lambda m: (triton.cdiv(BH, m["G"]),)  # noqa: E731
+    C.launch(_cf_bwd_packed_kernel, grid, args, dict(TP=tp, BD=C.block_d(D), PREC=C.dot_precision(q.dtype)),
+             _packed_configs(tp, "bwd", elt=q.element_size(), bd=C.block_d(D)), dict(G=_interp_group(tp)), ["T", "D"],
+             ("cf_bwd_packed", tp))
+    return grads
