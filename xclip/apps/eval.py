@@ -31,6 +31,8 @@ import sys
 
 from xclip.runtime import cleanup, parse_views
 
+from .inference import add_inference_args, inference_model
+
 __all__ = ["main", "run", "build_parser", "parse_views"]
 
 log = logging.getLogger("xclip.eval")
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--amp", default=None, choices=["bf16", "fp16", "none"], help="autocast dtype (default train.amp on CUDA)")
     p.add_argument("--no-progress", action="store_true")
+    add_inference_args(p)  # --dtype, --compile
     return p
 
 
@@ -103,7 +106,7 @@ def _run(args, dist_info) -> int:
     device = dist_info.device
     amp = amp_dtype(args.amp or cfg.train.amp, device, cuda_only=True)
 
-    model = load_pretrained(args.checkpoint).to(device).eval()
+    model = inference_model(load_pretrained(args.checkpoint), args.dtype, args.compile, device)
     mcfg = model.config
     template = data.text_template
     batch_size = args.batch_size or cfg.eval.batch_size or cfg.train.batch_size
