@@ -168,7 +168,7 @@ def _confusion(result: dict, names: list[str], path: str, title: str) -> None:
     cm = confusion_matrix(result["probs"], result["labels"], num_classes=len(names))
     # the figure is sized to the class count (5.5 in for 6 classes): wrap the title to fit its width
     width_chars = int((4 + 0.25 * len(names)) * 6.5)
-    plot_confusion_matrix(cm, names, path, title=textwrap.fill(title, max(24, width_chars)))
+    plot_confusion_matrix(cm, names, path, title=textwrap.fill(title, max(24, width_chars), break_on_hyphens=False))
 
 
 def _plot_against_all(result: dict, names: list[str], first_held: int, path: str, title: str) -> str:
