@@ -121,8 +121,8 @@ class BenchSettings:
         return clips * crops
 
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES and self.dtype != "auto":
+            raise ValueError(f"--dtype must be one of {list(DTYPES) + ['auto']}, got {self.dtype!r}")
         for name in ("frames", "batch", "classes", "iters", "train_iters"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -647,9 +647,17 @@ def reference_outputs(state: dict, cfg, video: Tensor, tokens: Tensor, labels: T
 def _run_dtype(s: BenchSettings, device: torch.device, console) -> torch.dtype:
     if s.cuda_graphs and device.type != "cuda":
         raise ValueError("--cuda-graphs needs a CUDA device")
-    if device.type == "cpu" and s.dtype != "fp32":
-        _say(console, f"[yellow]CPU run: measuring in float32 instead of {s.dtype}[/]")
-    return DTYPES[s.dtype] if device.type == "cuda" else torch.float32
+    if s.dtype == "auto":  # the command line's default: bf16 on a GPU, float32 on the CPU
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and s.dtype == "fp16":
+        _say(console, "[yellow]CPU run: measuring in float32 instead of fp16[/]")
+        return torch.float32
+    if device.type == "cpu" and s.dtype == "bf16":
+        from xclip.model import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            _say(console, "[yellow]CPU run in bf16: this CPU has no native bf16 (emulated, usually slower than fp32)[/]")
+    return DTYPES[s.dtype]
 
 
 def _base_record(s: BenchSettings, device: torch.device, dtype: torch.dtype) -> dict:
@@ -1035,7 +1043,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--arch", nargs="+", default=["ViT-B/16"], help="one or more of ViT-B/32 ViT-B/16 ViT-L/14 ViT-L/14@336")
     p.add_argument("--frames", nargs="+", type=int, default=[8])
     p.add_argument("--batch", type=int, default=32, help="views per batch")
-    p.add_argument("--dtype", nargs="+", default=["bf16"], choices=list(DTYPES))
+    p.add_argument("--dtype", nargs="+", default=["auto"], choices=list(DTYPES) + ["auto"],
+                   help="bf16 | fp16 | fp32 (several: one run each); default auto: bf16 on a GPU, fp32 on the CPU "
+                        "(fp16 on the CPU measures fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile every contender (same as --modes compile)")
     p.add_argument("--modes", nargs="+", choices=["eager", "compile"], help="run each configuration in these modes")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")

@@ -31,6 +31,8 @@ import sys
 
 from xclip.runtime import cleanup, parse_views
 
+from .inference import add_inference_args, inference_model
+
 __all__ = ["main", "run", "build_parser", "parse_views"]
 
 log = logging.getLogger("xclip.eval")
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop_pct, mean/std, sampling and prompt template: the checkpoint's (default, when it "
                         "stores them) or the config's data section")
     p.add_argument("--no-progress", action="store_true")
+    add_inference_args(p)  # --dtype, --compile
     return p
 
 
@@ -157,7 +160,7 @@ def _run(args, dist_info) -> int:
     device = dist_info.device
     amp = amp_dtype(args.amp or cfg.train.amp, device, cuda_only=True)
 
-    model = load_pretrained(args.checkpoint).to(device).eval()
+    model = inference_model(load_pretrained(args.checkpoint), args.dtype, args.compile, device)
     mcfg = model.config
     warn_model_differences(cfg, model, args.checkpoint)
     if args.preprocessing == "checkpoint":

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .inference import add_inference_args, inference_model
+
 log = logging.getLogger("xclip.predict")
 
 
@@ -106,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--json", default=None, help="also write the predictions to this JSON file")
     p.add_argument("--no-progress", action="store_true")
+    add_inference_args(p)  # --dtype, --compile
     return p
 
 
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             check_output_file(args.json, "--json")
         model = load_pretrained(args.checkpoint, num_frames=args.frames)
         pre = stored_preprocessing(model, args)
+        model = inference_model(model, args.dtype, args.compile, device)
         out = predict(model, args.videos, names, top_k=args.top_k, num_frames=args.frames,
                       batch_size=args.batch_size, num_clips=clips, num_crops=crops,
                       template=pre.get("text_template", "{}"), device=device, decoder=args.decoder,
