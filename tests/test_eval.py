@@ -303,6 +303,22 @@ def test_xclip_eval_cli_end_to_end(tmp_path):
     assert main([str(cfg), "--checkpoint", str(ckpt), "--views", "1x1", f"data.val_list={tmp_path}/none.txt"]) == 2
 
 
+def test_xclip_eval_cli_relative_data_root(tmp_path, monkeypatch):
+    """A relative data.root is joined once (it was joined twice, and every video counted missing)."""
+    from xclip.apps.eval import main
+    from xclip.model.checkpoints import save_checkpoint
+
+    lf, labels, _ = make_dataset(tmp_path / "v", num_videos=3, num_classes=2, height=32, width=40)
+    save_checkpoint(tiny_model(), tmp_path / "ckpt.pth")
+    (tmp_path / "cfg.yaml").write_text(f"data:\n  root: v\n  val_list: {lf}\n  labels: {labels}\n  input_size: 32\n"
+                                       f"  num_workers: 0\nmodel:\n  num_frames: 4\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["cfg.yaml", "--checkpoint", "ckpt.pth", "--views", "1x1", "--output", "out", "--no-progress",
+                 "--device", "cpu"]) == 0
+    m = json.load(open(tmp_path / "out" / "eval_metrics.json"))
+    assert m["num_samples"] == 3 and m["missing"] == [], m
+
+
 def test_xclip_eval_cli_k600_novel_protocol(tmp_path):
     from xclip.apps.eval import main
     from xclip.model.checkpoints import save_checkpoint

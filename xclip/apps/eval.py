@@ -192,7 +192,8 @@ def _run(args, dist_info) -> int:
         if class_names is not None:  # every label id names one of the classes (file, line and id otherwise)
             check_list_labels(lf, len(class_names), labels=f"the labels {labels_spec!r}" if lf == list_file
                               else "its labels", what="test list")
-        return [(os.path.join(root, p) if not os.path.isabs(p) else p, lab) for p, lab in parse_video_list(lf)]
+        # absolute paths: the dataset would join a relative data.root a second time
+        return [(os.path.abspath(os.path.join(root, p)), lab) for p, lab in parse_video_list(lf)]
 
     if not args.zero_shot:
         names = read_labels(labels_spec)
