@@ -187,6 +187,7 @@ def run_tests(root: str, tests: tuple[str, ...], timeout: float, k: str | None =
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("PYTEST_ADDOPTS", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no stale .pyc of a mutated file can outlive its mutant
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "no:randomly",
            "-W", "ignore::pytest.PytestUnknownMarkWarning", *(["-k", k] if k else []), *tests]
     t0 = time.time()
