@@ -117,6 +117,29 @@ def test_hf_adapter_matches_hf_forward():
     assert (mine - full).abs().max() <= 1e-5 * full.abs().max()
 
 
+def test_hf_patched_contender_runs_our_ops_and_matches_hf():
+    """``hf-xk``: transformers' model with apply_to; same logits as ``hf`` within float32 rounding, and the
+    fused ops really run (counted through the dispatcher)."""
+    s = BenchSettings(tiny=True, batch=2, frames=4, classes=3, dtype="fp32", contenders=("hf", "hf-xk"))
+    dev = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as work:
+        _, cfg, _, builders, _ = build_contenders(s, dev, torch.float32, work)
+        video, tokens, _ = make_inputs(s, cfg, dev)
+        assert [n for n, _ in builders] == ["hf", "hf-xk"]
+        plain_hf, patched = (b() for _, b in builders)
+        assert patched.name.startswith("hf-xk[") and plain_hf.name.startswith("hf[")
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.no_grad():
+            ref = plain_hf.video_logits(video, plain_hf.text_features(tokens))
+            with FlopCounterMode(display=False) as fc:
+                got = patched.video_logits(video, patched.text_features(tokens))
+    ops = {str(k) for k in fc.get_flop_counts().get("Global", {})}
+    assert any("cross_frame_attn" in o for o in ops) and any("intra_frame_attn" in o for o in ops), ops
+    assert any("prompt_cross_attn" in o for o in ops), ops
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 def test_analytic_flops_match_the_paper():
     """The paper's GFLOPs (multiply-adds) per view: B/32 8f 39, B/16 8f 145, L/14 8f 658 (a few % tolerance)."""
     from xclip.model.config import arch_config

@@ -29,6 +29,7 @@ import xclip
 from xclip import CheckpointError
 from xclip.model.checkpoints import save_checkpoint
 
+from test_checkpoints import _holder
 from test_model import tiny, tokens, video
 
 
@@ -117,22 +118,6 @@ class _ScriptedHook(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.x
-
-
-def _holder(sd: dict) -> nn.Module:
-    root = nn.Module()
-    for key, value in sd.items():
-        *path, leaf = key.split(".")
-        mod = root
-        for name in path:
-            if not hasattr(mod, name):
-                mod.add_module(name, nn.Module())
-            mod = getattr(mod, name)
-        if value.is_floating_point():
-            mod.register_parameter(leaf, nn.Parameter(value.clone()))
-        else:
-            mod.register_buffer(leaf, value.clone())
-    return root
 
 
 class _EvilCLIP(nn.Module):

@@ -100,6 +100,7 @@ def test_dump_config_round_trips(tmp_path):
     ("data.text_template=a {} {1}", "cannot format a class name"),
     ("data.sampling=random", "data.sampling must be segment or dense"),
     ("data.decoder=ffmpeg", "data.decoder must be auto, torchcodec, pyav or decord"),
+    ("data.decode_device=gpu", "data.decode_device must be cpu, cuda or cuda:N"),
     ("data.mean=[1, 2]", "data.mean must be null or three numbers"),
     ("eval.num_crops=2", "eval.num_crops must be 1 or 3"),
     ("train.betas=[0.9]", "train.betas must be two numbers in [0, 1)"),
@@ -151,3 +152,9 @@ def test_every_key_is_in_the_api_page():
             assert f"| `{key}` |" in page, f"docs/api.md does not list {key}"
     for old, new in ALIASES.items():
         assert f"`{old}`" in page and f"`{new}`" in page
+
+
+def test_gpu_decoding_needs_torchcodec():
+    with pytest.raises(ConfigError, match="data.decode_device=cuda .NVDEC. needs data.decoder torchcodec or auto"):
+        load_config(None, ["data.decode_device=cuda", "data.decoder=pyav"])
+    assert load_config(None, ["data.decode_device=cuda:1"]).data.decode_device == "cuda:1"

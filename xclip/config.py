@@ -64,7 +64,8 @@ class DataConfig:
     num_classes: Optional[int] = None     # checked against the labels when given
     input_size: int = 224                 # crop side in pixels
     num_workers: int = 4                  # DataLoader worker processes per process
-    decoder: str = "auto"                 # auto | torchcodec | pyav | decord
+    decoder: str = "auto"                 # auto (torchcodec, else PyAV) | torchcodec | pyav | decord
+    decode_device: str = "cpu"            # cpu | cuda[:N]: NVDEC through torchcodec (needs num_workers: 0)
     sampling: str = "segment"             # segment (TSN-style) | dense
     crop_pct: float = 0.875               # short side resized to input_size / crop_pct before cropping (256 for
                                           # 224); 1.0: straight to input_size (clips already at that size untouched)
@@ -447,6 +448,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(d.sampling in ("segment", "dense"), f"data.sampling must be segment or dense, got {d.sampling!r}")
     _check(d.decoder in ("auto", "torchcodec", "pyav", "decord"),
            f"data.decoder must be auto, torchcodec, pyav or decord, got {d.decoder!r}")
+    _check(d.decode_device == "cpu" or re.fullmatch(r"cuda(:\d+)?", str(d.decode_device)) is not None,
+           f"data.decode_device must be cpu, cuda or cuda:N, got {d.decode_device!r}")
+    _check(d.decode_device == "cpu" or d.decoder in ("auto", "torchcodec"),
+           f"data.decode_device={d.decode_device} (NVDEC) needs data.decoder torchcodec or auto, got {d.decoder!r}")
     for key in ("mean", "std"):
         v = getattr(d, key)
         _check(v is None or (len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)),

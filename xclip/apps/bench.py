@@ -64,7 +64,7 @@ from torch import Tensor, nn
 __all__ = ["main", "BenchSettings", "run", "build_contenders", "TINY_ARCH"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-CONTENDERS = ("ours", "plain", "hf")
+CONTENDERS = ("ours", "plain", "hf", "hf-xk")
 
 # A tiny X-CLIP for CPU tests: 4x4 patches of 8x8 pixels, two blocks per tower, head dim 32.
 TINY_ARCH: dict[str, Any] = dict(
@@ -239,7 +239,26 @@ def best_hf_attn(device: torch.device, dtype: torch.dtype) -> list[str]:
     return order + ["sdpa", "eager"]
 
 
-def _hf_contender(hf_dir: str, device: torch.device, dtype: torch.dtype, requested: str) -> Contender:
+def hf_video_logits(model: nn.Module, video: Tensor, text: Tensor) -> Tensor:
+    """transformers' ``XCLIPModel.forward`` without its text tower: logits from cached text features
+    ``text`` [K, E] (the official code caches them too)."""
+    B, T = video.shape[:2]
+    vis = model.vision_model(pixel_values=video.flatten(0, 1))
+    cls = model.visual_projection(vis[1]).view(B, T, -1)
+    video_emb = model.mit(cls)[1]
+    img = model.prompts_visual_layernorm(vis[0][:, 1:, :]) @ model.prompts_visual_projection
+    img = img.view(B, T, -1, video_emb.shape[-1]).mean(dim=1)
+    t = text.unsqueeze(0).expand(B, -1, -1)
+    t = t + model.prompts_generator(t, img)
+    v = video_emb / video_emb.norm(p=2, dim=-1, keepdim=True)
+    t = t / t.norm(p=2, dim=-1, keepdim=True)
+    return torch.einsum("bd,bkd->bk", v, model.logit_scale.exp() * t)
+
+
+def _hf_contender(hf_dir: str, device: torch.device, dtype: torch.dtype, requested: str,
+                  patch: bool = False) -> Contender:
+    """transformers' XCLIPModel; with ``patch``, its attentions run through our fused ops
+    (``xclip_kernels.transformers.apply_to``): "transformers patched against transformers"."""
     from transformers import XCLIPModel
 
     impls = best_hf_attn(device, dtype) if requested == "auto" else [requested]
@@ -254,26 +273,19 @@ def _hf_contender(hf_dir: str, device: torch.device, dtype: torch.dtype, request
     if model is None:
         raise ValueError("transformers' XCLIPModel could not be loaded with any attention implementation: " + "; ".join(errors))
     used = model.config._attn_implementation
+    if patch:
+        from xclip_kernels.transformers import apply_to
+
+        apply_to(model)
 
     def text_features(tokens: Tensor) -> Tensor:
         out = model.get_text_features(input_ids=tokens)
         return out if isinstance(out, Tensor) else out.pooler_output
 
     def video_logits(video: Tensor, text: Tensor) -> Tensor:
-        # XCLIPModel.forward without its text tower (the text features are cached, as the official code does)
-        B, T = video.shape[:2]
-        vis = model.vision_model(pixel_values=video.flatten(0, 1))
-        cls = model.visual_projection(vis[1]).view(B, T, -1)
-        video_emb = model.mit(cls)[1]
-        img = model.prompts_visual_layernorm(vis[0][:, 1:, :]) @ model.prompts_visual_projection
-        img = img.view(B, T, -1, video_emb.shape[-1]).mean(dim=1)
-        t = text.unsqueeze(0).expand(B, -1, -1)
-        t = t + model.prompts_generator(t, img)
-        v = video_emb / video_emb.norm(p=2, dim=-1, keepdim=True)
-        t = t / t.norm(p=2, dim=-1, keepdim=True)
-        return torch.einsum("bd,bkd->bk", v, model.logit_scale.exp() * t)
+        return hf_video_logits(model, video, text)
 
-    return Contender(f"hf[{used}]", model, text_features, video_logits, _is_hf_text_param, {"attn_implementation": used})
+    return Contender(f"{'hf-xk' if patch else 'hf'}[{used}]", model, text_features, video_logits, _is_hf_text_param, {"attn_implementation": used})
 
 
 def usable_backends(device: torch.device, requested: tuple[str, ...] | None) -> tuple[list[str], dict[str, str]]:
@@ -577,10 +589,12 @@ def build_contenders(s: BenchSettings, device: torch.device, dtype: torch.dtype,
             builders.append((f"ours[{b}]", lambda b=b: _ours_contender(_fresh_ours(s, state), b)))
     if "plain" in s.contenders:
         builders.append(("plain", lambda: _plain_contender(state, cfg)))
-    if "hf" in s.contenders:
+    if "hf" in s.contenders or "hf-xk" in s.contenders:
         hf_dir = os.path.join(workdir, "hf")
         ours.save_pretrained(hf_dir)
-        builders.append(("hf", lambda: _hf_contender(hf_dir, device, dtype, s.hf_attn)))
+        for name in ("hf", "hf-xk"):
+            if name in s.contenders:
+                builders.append((name, lambda p=name == "hf-xk": _hf_contender(hf_dir, device, dtype, s.hf_attn, patch=p)))
     return ours, cfg, state, builders, skipped
 
 
@@ -782,7 +796,7 @@ def _add_ratios(records: list[dict]) -> None:
         groups.setdefault(_group_key(r), []).append(r)
     for rs in groups.values():
         plain = next((r for r in rs if r["contender"] == "plain" and r.get("status") == "ok"), None)
-        hf = next((r for r in rs if r["contender"].startswith("hf") and r.get("status") == "ok"), None)
+        hf = next((r for r in rs if r["contender"].startswith("hf[") and r.get("status") == "ok"), None)
         for r in rs:
             for ref, tag in ((plain, "plain"), (hf, "hf")):
                 if ref is None or r.get("status") != "ok":

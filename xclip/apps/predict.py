@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--views", default="1x1", help="CLIPSxCROPS (default 1x1)")
     p.add_argument("--template", default="{}", help="prompt template, e.g. 'a video of {}'")
-    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"])
+    p.add_argument("--decoder", default="auto", choices=["auto", "torchcodec", "pyav", "decord"])
     p.add_argument("--crop-pct", type=float, default=None,
                    help="one-crop view: short side to input/crop_pct, centre crop (default 0.875; 1.0 for the demo's models)")
     p.add_argument("--num-workers", type=int, default=0)

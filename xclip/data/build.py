@@ -33,7 +33,7 @@ def build_dataset(data: DataConfig, source: str | Sequence[tuple[str, int]], *, 
     """
     ds = VideoDataset(source, data.root if root is None else root, num_frames=int(num_frames), mode=mode,
                       input_size=int(input_size or data.input_size), num_clips=num_clips, num_crops=num_crops,
-                      sampling=data.sampling, decoder=data.decoder,
+                      sampling=data.sampling, decoder=data.decoder, decode_device=data.decode_device,
                       mean=tuple(data.mean) if data.mean is not None else IMAGENET_MEAN,
                       std=tuple(data.std) if data.std is not None else IMAGENET_STD,
                       crop_pct=DEFAULT_CROP_PCT if data.crop_pct is None else float(data.crop_pct),

@@ -2,7 +2,7 @@
 
 ``VideoDataset(list_file, root, *, num_frames=8, mode="train"|"test",
 input_size=224, num_clips=1, num_crops=1, sampling="segment"|"dense",
-frame_interval=2, decoder="auto"|"decord"|"pyav", decoder_threads=1,
+frame_interval=2, decoder="auto"|"torchcodec"|"pyav"|"decord", decoder_threads=1, decode_device="cpu",
 mean=IMAGENET_MEAN, std=IMAGENET_STD, seed=0, check_files=True, crop_pct=0.875)``
 
 * ``list_file``: an official-format list (``relative/path.mp4 <label>``) read
@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from .lists import parse_video_list
 from .sampling import sample_indices
 from .transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, test_transform, train_transform
-from .video_io import DECODERS, VideoDecodeError, open_video
+from .video_io import DECODERS, VideoDecodeError, check_decode_device, open_video
 
 __all__ = ["VideoDataset", "collate_videos", "SkippedVideo", "SkipTracker"]
 
@@ -63,7 +63,8 @@ class VideoDataset(Dataset):
                  input_size: int = 224, num_clips: int = 1, num_crops: int = 1, sampling: str = "segment",
                  frame_interval: int = 2, decoder: str = "auto", decoder_threads: int = 1,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 seed: int = 0, check_files: bool = True, crop_pct: float = DEFAULT_CROP_PCT):
+                 seed: int = 0, check_files: bool = True, crop_pct: float = DEFAULT_CROP_PCT,
+                 decode_device: str = "cpu"):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if sampling not in ("segment", "dense"):
@@ -78,6 +79,7 @@ class VideoDataset(Dataset):
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops!r}")
         if decoder_threads < 0:
             raise ValueError(f"decoder_threads must be >= 0, got {decoder_threads}")
+        self.decode_device = check_decode_device(decode_device, decoder, key="decode_device")  # cuda: NVDEC
 
         if isinstance(list_file, (str, os.PathLike)):
             if root is None:
@@ -201,7 +203,7 @@ class VideoDataset(Dataset):
         Subclasses replace where frames come from (e.g. an in-memory cache); sampling
         and augmentation in :meth:`load` stay the same.
         """
-        with open_video(path, self.decoder, self.decoder_threads) as reader:
+        with open_video(path, self.decoder, self.decoder_threads, device=self.decode_device) as reader:
             views_idx = pick(len(reader))
             frames = reader.get_frames([i for v in views_idx for i in v])
         return views_idx, frames

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 
-def _write(root: str, n: int, frames: int, h: int, w: int) -> str:
+def write_test_videos(root: str, n: int, frames: int, h: int, w: int) -> str:
+    """``n`` mp4 clips of a smooth moving pattern plus noise under ``root`` (they compress like camera
+    footage, not like flat colour) and their list file (labels ``i % 4``); returns the list file's path."""
     from .lists import write_video_list
     from .video_io import write_video
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-frames", type=int, default=8, help="frames per clip")
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    ap.add_argument("--decoders", nargs="+", default=["decord", "pyav"])
+    ap.add_argument("--decoders", nargs="+", default=[d for d in ("torchcodec", "pyav", "decord") if __import__("xclip.data.video_io", fromlist=["x"]).decoder_available(d)])
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     h, w = (int(x) for x in args.size.lower().split("x"))
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
-        lf = _write(root, args.videos, args.frames, h, w)
+        lf = write_test_videos(root, args.videos, args.frames, h, w)
         print(f"wrote {args.videos} videos of {args.frames} frames {h}x{w} in {time.perf_counter() - t0:.1f} s; "
               f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
         paths = [os.path.join(root, f"v{i}.mp4") for i in range(args.videos)]

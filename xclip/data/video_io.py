@@ -1,19 +1,29 @@
 """Video decoding and writing.
 
-Two decoders share one interface (:class:`VideoReader`):
+Three decoders share one interface (:class:`VideoReader`):
 
-* ``"decord"``: ``decord.VideoReader`` with a configurable number of decode
-  threads; fast random access (``get_batch``).
-* ``"pyav"``: PyAV (FFmpeg bindings). Decodes sequentially from the start and
-  keeps only the requested frames, stopping after the last one. Slower on long
-  videos, but opens files and runs on machines decord cannot handle (no
-  decord wheel, some codecs / containers).
+* ``"torchcodec"``: torchcodec's ``VideoDecoder`` (PyTorch's decoding
+  library, FFmpeg underneath). Opens the file with an exact seek index
+  (``seek_mode="exact"``: one scan of the packets, no decoding) and then
+  decodes only the requested frames, seeking to the keyframe before each.
+  Needs FFmpeg's shared libraries (libavcodec & co., major versions 4 to 9) on the
+  system; ``scripts/install.sh`` installs them where it can. With
+  ``device="cuda"`` (``data.decode_device: cuda``) it decodes on the GPU with
+  NVDEC and returns CUDA tensors.
+* ``"pyav"``: PyAV (FFmpeg bindings; the wheel bundles its own FFmpeg, so it
+  needs nothing from the system). Decodes sequentially from the start and
+  keeps only the requested frames, stopping after the last one. Slower on
+  long videos, but runs everywhere.
+* ``"decord"``: ``decord.VideoReader`` (optional extra ``pip install
+  xclip-kernels[decord]``; no release since 2021). Fast random access.
 
-``open_video(path, decoder="auto")`` tries decord first and falls back to
-PyAV when decord cannot open the file or fails to decode it (decord 0.6
-fails on some frame sizes: a 36x48 libx264 file opens but every
-``get_batch`` raises a size-mismatch error). Frames come back as a ``uint8`` tensor ``[T, H, W, 3]`` (RGB). Any
-failure to open or decode raises :class:`VideoDecodeError` naming the file.
+``open_video(path, decoder="auto")`` uses torchcodec when it is installed
+and can load FFmpeg, otherwise PyAV; it also falls back to PyAV when
+torchcodec cannot open a file or fails to decode it. decord is used only
+when asked for by name. A decoder asked for by name never falls back.
+Frames come back as a ``uint8`` tensor ``[T, H, W, 3]``
+(RGB). Any failure to open or decode raises :class:`VideoDecodeError`
+naming the file.
 
 ``write_video(path, frames [T, H, W, 3] uint8, fps=8)`` encodes with libx264
 (yuv420p), used by the tests and the demo's synthetic data.
@@ -21,6 +31,7 @@ failure to open or decode raises :class:`VideoDecodeError` naming the file.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from fractions import Fraction
@@ -28,27 +39,84 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-__all__ = ["VideoDecodeError", "VideoReader", "DecordReader", "PyAVReader", "open_video",
-           "decoder_available", "write_video"]
+__all__ = ["VideoDecodeError", "VideoReader", "TorchCodecReader", "DecordReader", "PyAVReader", "open_video",
+           "decoder_available", "decoder_status", "check_decoder", "check_decode_device", "auto_decoder", "write_video", "DECODERS",
+           "DECODE_DEVICES"]
 
-DECODERS = ("auto", "decord", "pyav")
+DECODERS = ("auto", "torchcodec", "pyav", "decord")
+DECODE_DEVICES = ("cpu", "cuda")
 
 
 class VideoDecodeError(RuntimeError):
     """A video could not be opened or decoded (the message names the file)."""
 
 
-def decoder_available(name: str) -> bool:
+@functools.lru_cache(maxsize=None)
+def decoder_status(name: str) -> tuple[bool, str]:
+    """``(usable, reason)`` for decoder ``name``: is it installed and can it run here?"""
     try:
-        if name == "decord":
-            import decord  # noqa: F401
+        if name == "torchcodec":
+            import torchcodec
+            from torchcodec.decoders import VideoDecoder  # noqa: F401
+
+            # torchcodec imports without FFmpeg and reports None here; decoding would then fail.
+            if getattr(torchcodec, "ffmpeg_major_version", 0) is None:
+                return False, ("torchcodec is installed but cannot load FFmpeg's shared libraries "
+                               "(libavutil, libavcodec, libavformat, ... major versions 4 to 9); install them "
+                               "(scripts/install.sh does, e.g. apt-get install libavcodec59 libavformat59 ...) "
+                               "or use decoder pyav")
         elif name == "pyav":
             import av  # noqa: F401
+        elif name == "decord":
+            import decord  # noqa: F401
         else:
-            return False
-    except Exception:
-        return False
-    return True
+            return False, f"unknown decoder {name!r} (one of {DECODERS[1:]})"
+    except Exception as e:
+        hint = " (pip install 'xclip-kernels[decord]')" if name == "decord" else ""
+        return False, f"{name} is not installed or fails to import: {e}".splitlines()[0] + hint
+    return True, ""
+
+
+def decoder_available(name: str) -> bool:
+    return decoder_status(name)[0]
+
+
+def auto_decoder() -> str:
+    """The decoder ``"auto"`` opens files with first: torchcodec when usable, else PyAV."""
+    return "torchcodec" if decoder_available("torchcodec") else "pyav"
+
+
+def check_decoder(decoder: str, key: str = "data.decoder") -> str:
+    """Validate a decoder name; one asked for by name must be usable here. Raises ``ValueError`` naming ``key``."""
+    if decoder not in DECODERS:
+        raise ValueError(f"{key}={decoder!r}: must be one of {DECODERS}")
+    if decoder != "auto":
+        ok, why = decoder_status(decoder)
+        if not ok:
+            raise ValueError(f"{key}={decoder}: {why}")
+    return decoder
+
+
+def check_decode_device(device: str, decoder: str = "auto", key: str = "data.decode_device") -> str:
+    """Validate a decode device (``"cpu"`` or ``"cuda"``/``"cuda:N"``) against the decoder and this machine.
+
+    Raises ``ValueError`` naming ``key``: ``cuda`` needs torchcodec (NVDEC), a
+    usable torchcodec and a CUDA GPU. Returns the device string.
+    """
+    dev = str(device)
+    if dev == "cpu":
+        return dev
+    if not (dev == "cuda" or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        raise ValueError(f"{key}={dev!r}: must be one of {DECODE_DEVICES} (or cuda:N)")
+    if decoder not in ("auto", "torchcodec"):
+        raise ValueError(f"{key}={dev}: GPU decoding (NVDEC) needs decoder torchcodec or auto, got decoder {decoder!r}")
+    ok, why = decoder_status("torchcodec")
+    if not ok:
+        raise ValueError(f"{key}={dev}: GPU decoding needs torchcodec: {why}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{key}={dev}: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
+                         f"use {key}=cpu")
+    return dev
 
 
 class VideoReader:
@@ -79,6 +147,45 @@ class VideoReader:
         if bad:
             raise ValueError(f"{self.path}: frame indices {bad[:5]} out of range for {n} frames")
         return idx
+
+
+class TorchCodecReader(VideoReader):
+    """torchcodec ``VideoDecoder``: exact seek index at open, decodes only the requested frames.
+
+    ``device="cuda"`` decodes with NVDEC and returns CUDA tensors.
+    """
+
+    name = "torchcodec"
+
+    def __init__(self, path: str, num_threads: int = 1, device: str = "cpu"):
+        ok, why = decoder_status("torchcodec")
+        if not ok:
+            raise VideoDecodeError(f"torchcodec cannot open {path}: {why}")
+        from torchcodec.decoders import VideoDecoder
+
+        self.path, self.device = path, str(device)
+        try:
+            self._dec = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=max(int(num_threads), 0),
+                                     device=self.device, seek_mode="exact")
+            self._n = len(self._dec)
+        except Exception as e:  # torchcodec raises RuntimeError / ValueError from FFmpeg
+            raise VideoDecodeError(f"torchcodec cannot open {path}: {e}".splitlines()[0]) from e
+        if self._n <= 0:
+            raise VideoDecodeError(f"torchcodec: {path} has no frames")
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        idx = self._check_indices(indices)
+        try:
+            data = self._dec.get_frames_at(idx).data  # [T, H, W, 3] uint8, in the requested order
+        except Exception as e:
+            raise VideoDecodeError(f"torchcodec cannot decode frames {idx[:8]} of {self.path}: {e}".splitlines()[0]) from e
+        return data.contiguous()
+
+    def close(self) -> None:
+        self._dec = None
 
 
 class DecordReader(VideoReader):
@@ -179,7 +286,7 @@ class PyAVReader(VideoReader):
 
 
 class _FallbackReader(VideoReader):
-    """decord, switching to PyAV for good if decord fails to decode this file."""
+    """The primary decoder (torchcodec), switching to PyAV for good if it fails to decode this file."""
 
     def __init__(self, primary: VideoReader, num_threads: int):
         self.path, self._primary, self._threads = primary.path, primary, num_threads
@@ -210,21 +317,30 @@ class _FallbackReader(VideoReader):
         self._primary.close()
 
 
-def open_video(path: str | os.PathLike, decoder: str = "auto", num_threads: int = 1) -> VideoReader:
-    """Open ``path`` with ``decoder`` ("auto" = decord, then PyAV on failure)."""
+def open_video(path: str | os.PathLike, decoder: str = "auto", num_threads: int = 1,
+               device: str = "cpu") -> VideoReader:
+    """Open ``path`` with ``decoder``.
+
+    ``"auto"``: torchcodec when usable (falling back to PyAV for a file it
+    cannot open or decode), else PyAV. ``device="cuda"`` decodes on the GPU
+    (torchcodec / NVDEC only; see :func:`check_decode_device`).
+    """
     path = os.fspath(path)
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    device = check_decode_device(device, decoder, key="device") if device != "cpu" else "cpu"
     if not os.path.isfile(path):
         raise VideoDecodeError(f"video file {path} does not exist")
+    if decoder == "torchcodec" or device != "cpu":
+        return TorchCodecReader(path, num_threads, device)
     if decoder == "decord":
         return DecordReader(path, num_threads)
     if decoder == "pyav":
         return PyAVReader(path, num_threads)
     errors = []
-    if decoder_available("decord"):
+    if decoder_available("torchcodec"):
         try:
-            return _FallbackReader(DecordReader(path, num_threads), num_threads)
+            return _FallbackReader(TorchCodecReader(path, num_threads), num_threads)
         except VideoDecodeError as e:
             errors.append(str(e))
     try:

@@ -2,7 +2,7 @@
 
 from .safeload import CheckpointError  # noqa: F401  (public as xclip.CheckpointError)
 from .config import ARCHS, XCLIPConfig, arch_config
-from .model import XCLIP, create_model
+from .model import XCLIP, cpu_supports_bf16, create_model, text_length
 from .tokenizer import Tokenizer, tokenize
 
 
@@ -13,4 +13,5 @@ def load_pretrained(path, num_frames=None, **kwargs):
     return _load(path, num_frames=num_frames, **kwargs)
 
 
-__all__ = ["XCLIP", "XCLIPConfig", "ARCHS", "arch_config", "create_model", "load_pretrained", "tokenize", "Tokenizer"]
+__all__ = ["XCLIP", "XCLIPConfig", "ARCHS", "arch_config", "create_model", "cpu_supports_bf16", "text_length",
+           "load_pretrained", "tokenize", "Tokenizer"]

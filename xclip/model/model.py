@@ -28,6 +28,7 @@ per-sample form, as transformers' XCLIPDropPath also does.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import OrderedDict
 from typing import Iterable
@@ -42,15 +43,40 @@ from xclip_kernels.nn import CrossFrameAttention, IntraFrameAttention, _check_ba
 
 from .config import XCLIPConfig, arch_config
 
-__all__ = ["XCLIP", "create_model", "QuickGELU", "drop_path"]
+__all__ = ["XCLIP", "create_model", "QuickGELU", "drop_path", "cpu_supports_bf16", "text_length"]
 
 
 # --- small layers -----------------------------------------------------------------
 
 
+def _no_autograd(x: Tensor) -> bool:
+    """True when autograd records nothing for ``x``: its buffer may then be overwritten in place."""
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
 class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``. ``inplace=True`` (the MLPs, whose input is a fresh linear output) overwrites ``x``
+    when autograd does not need it: the same three passes, bit for bit, without allocating two more activations."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.inplace and _no_autograd(x):
+            return x.mul_(torch.mul(x, 1.702).sigmoid_())
         return x * torch.sigmoid(1.702 * x)
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+def _residual(x: Tensor, branch: Tensor) -> Tensor:
+    """``x + branch``; in inference the branch's fresh buffer takes the sum (same values, one allocation fewer)."""
+    if _no_autograd(branch) and _no_autograd(x) and branch.shape == x.shape and branch.dtype == x.dtype \
+            and branch.is_contiguous() and not torch.compiler.is_compiling():
+        return branch.add_(x)
+    return x + branch
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -77,7 +103,7 @@ class DropPath(nn.Module):
 def _mlp(width: int, ratio: int) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict(
-            [("c_fc", nn.Linear(width, width * ratio)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(width * ratio, width))]
+            [("c_fc", nn.Linear(width, width * ratio)), ("gelu", QuickGELU(inplace=True)), ("c_proj", nn.Linear(width * ratio, width))]
         )
     )
 
@@ -113,8 +139,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = _residual(x, self.attn(self.ln_1(x)))
+        return _residual(x, self.mlp(self.ln_2(x)))
 
 
 class CrossFrameBlock(nn.Module):
@@ -146,11 +172,11 @@ class CrossFrameBlock(nn.Module):
         if self.cross_frame:
             Fr, L, E = x.shape
             msg = self.message_fc(x[:, 0]).view(Fr // num_frames, num_frames, E)
-            msg = msg + self.drop_path(self.message_attn(self.message_ln(msg)))
-            x = x + self.drop_path(self.attn(self.ln_1(x), self.ln_1(msg.view(Fr, 1, E))))
+            msg = _residual(msg, self.drop_path(self.message_attn(self.message_ln(msg))))
+            x = _residual(x, self.drop_path(self.attn(self.ln_1(x), self.ln_1(msg.view(Fr, 1, E)))))
         else:
-            x = x + self.drop_path(self.attn(self.ln_1(x)))
-        return x + self.drop_path(self.mlp(self.ln_2(x)))
+            x = _residual(x, self.drop_path(self.attn(self.ln_1(x))))
+        return _residual(x, self.drop_path(self.mlp(self.ln_2(x))))
 
 
 class _Blocks(nn.Module):
@@ -253,12 +279,12 @@ class PromptGeneratorLayer(nn.Module):
         self.cross_attn = PromptAttention(dim, heads)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.norm3 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), QuickGELU(), nn.Dropout(0.0),
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), QuickGELU(inplace=True), nn.Dropout(0.0),
                                  nn.Linear(dim * mlp_ratio, dim))
 
     def forward(self, x: Tensor, visual: Tensor) -> Tensor:
         x = x + self.cross_attn(self.norm1(x), visual)  # a shared [K, E] x broadcasts to [B, K, E]
-        return x + self.mlp(self.norm3(x))
+        return _residual(x, self.mlp(self.norm3(x)))
 
 
 class VideoSpecificPrompt(nn.Module):
@@ -438,18 +464,27 @@ class XCLIP(nn.Module):
                 )
 
     def _encode_text(self, tokens: Tensor) -> Tensor:
+        eot = tokens.argmax(dim=-1)  # <eot> has the largest id
+        if not torch.compiler.is_compiling():  # a data-dependent length would break the graph
+            # The tower is causal: the feature at <eot> never sees the positions after it, so the padding
+            # beyond the batch's last <eot> can be dropped. The linear layers and LayerNorms give the same
+            # bits; SDPA's CPU kernel may sum a row in another order for another key length (float64: ~1e-15).
+            tokens = tokens[:, : text_length(tokens, eot)]
         L = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[:L]
         x = self.transformer(x)
         x = self.ln_final(x)
-        eot = tokens.argmax(dim=-1)  # <eot> has the largest id
         return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
 
     def _text_version(self) -> tuple:
         return tuple(p._version for p in self.text_parameters())
 
     def encode_text(self, tokens: Tensor) -> Tensor:
-        """``tokens [K, L] -> [K, E]`` (features at <eot>, projected). Cached when the text tower is frozen."""
+        """``tokens [K, L] -> [K, E]`` (features at <eot>, projected). Cached when the text tower is frozen.
+
+        Only the first :func:`text_length` positions are encoded (the padding after the batch's
+        longest text is dropped); the tower is causal, so the result is the same.
+        """
         self._check_tokens(tokens)
         frozen = self.config.freeze_text and not torch.compiler.is_compiling()
         if not frozen:
@@ -501,6 +536,46 @@ class XCLIP(nn.Module):
         return (f"arch={c.arch}, frames={c.num_frames}, vision={c.vision_layers}x{c.vision_width}/p{c.vision_patch_size}"
                 f"@{c.image_resolution}, text={c.transformer_layers}x{c.transformer_width}, embed_dim={c.embed_dim}, "
                 f"cross_frame={c.cross_frame}")
+
+
+def text_length(tokens: Tensor, eot: Tensor | None = None) -> int:
+    """Positions of ``tokens [K, L]`` the text tower needs: up to and including the last row's <eot>.
+
+    <eot> is located as the model reads it, the (first) largest id of each row (CLIP's 49407, and any
+    tokenizer whose end token is its largest id), so the trimmed batch yields the same features.
+    """
+    if eot is None:
+        eot = tokens.argmax(dim=-1)
+    return int(eot.max()) + 1 if eot.numel() else tokens.shape[-1]
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matmuls natively (AVX512-BF16 or AMX-BF16), so a bf16 model is fast.
+
+    Without it PyTorch still runs bfloat16 on the CPU, emulated and usually slower than float32.
+    """
+    return _cpu_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_bf16() -> bool:
+    try:
+        if not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        pass  # no such probe in this torch: the CPU flags decide
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    try:  # not Linux: trust oneDNN's own check
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def create_model(arch_or_config: str | XCLIPConfig | dict = "ViT-B/16", num_frames: int | None = 8,
