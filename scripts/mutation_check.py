@@ -104,8 +104,8 @@ MUTANTS: list[Mutant] = [
         "video-specific prompts added without their alpha scale"),
     Mutant(
         "text-not-at-eot", "xclip/model/model.py",
-        "eot = tokens.argmax(dim=-1)",
-        "eot = tokens.argmax(dim=-1) - 1",
+        "return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection",
+        "return x[torch.arange(x.shape[0], device=x.device), eot - 1] @ self.text_projection",
         (T_OFFICIAL, "tests/test_official_fixture.py"),
         "text feature taken one token before <eot>"),
     Mutant(
