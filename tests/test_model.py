@@ -277,6 +277,44 @@ def test_backends_match_oracle_within_eager_error(backend):
     assert_within_eager_error(out, eager, oracle, torch.float32, backend)
 
 
+def _remove(m, component: str):
+    """A copy of ``m`` without one component (its output projection zeroed, or its queries: uniform attention)."""
+    m = copy.deepcopy(m)
+    with torch.no_grad():
+        if component == "message attention":
+            for b in m.visual.transformer.resblocks:
+                b.message_attn.out_proj.weight.zero_()
+                b.message_attn.out_proj.bias.zero_()
+        elif component == "MIT attention":
+            for b in m.mit.resblocks:
+                b.attn.out_proj.weight.zero_()
+                b.attn.out_proj.bias.zero_()
+        elif component == "prompt attention (uniform)":
+            for layer in m.prompts_generator.decoder:
+                layer.cross_attn.q_proj.weight.zero_()
+    return m
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_same_dtype_bound_sees_each_component_removed(dtype):
+    """The backend tolerance (2 x eager same-dtype error + atol) is tight enough to see what it tests: a backend
+    that lost the message attention, the MIT attention or the prompt attention's queries would land further from
+    the float64 oracle than the bound, with a 2x margin. Measured on CPU (this machine, tiny model): bf16 eager
+    error 0.028 -> bound 0.061, fp16 0.0041 -> 0.0092; removing the message attention moves the logits by 0.23,
+    the MIT attention by 0.89, uniform prompt attention by 1.26. On a GPU, test_backends_16bit_on_gpu sizes the
+    same bound from the GPU's own eager error."""
+    m = tiny()
+    v, t = video(), tokens()
+    oracle = oracle_logits(m, v, t)
+    with torch.no_grad():
+        eager = copy.deepcopy(m).to(dtype).set_attn_backend("torch")(v.to(dtype), t)
+    bound = 2 * float((eager.double() - oracle).abs().max()) + ATOL[dtype]
+    for component in ("message attention", "MIT attention", "prompt attention (uniform)"):
+        moved = float((oracle_logits(_remove(m, component), v, t) - oracle).abs().max())
+        assert moved > 2 * bound, f"{dtype}: removing the {component} moves the logits by {moved:.3g}, " \
+                                  f"within 2x the tolerance {bound:.3g}: the tolerance cannot see it"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_backends_16bit_on_gpu(dtype):
@@ -289,6 +327,10 @@ def test_backends_16bit_on_gpu(dtype):
         for name in _usable_backends():
             out = m16.set_attn_backend(name)(v.to(dtype), t)
             assert_within_eager_error(out, eager, oracle, dtype, name)
+    # the bound (from this GPU's eager error) still sees a backend that lost the message attention
+    bound = 2 * float((eager.double() - oracle).abs().max()) + ATOL[dtype]
+    moved = float((oracle_logits(_remove(m, "message attention"), v, t) - oracle).abs().max())
+    assert moved > 2 * bound, f"{dtype}: removing the message attention moves the logits by {moved:.3g} only"
 
 
 def test_torch_compile_fullgraph_matches_eager():

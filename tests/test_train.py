@@ -134,8 +134,8 @@ def test_param_groups_on_real_model():
     import xclip
 
     m = xclip.create_model({"embed_dim": 32, "image_resolution": 16, "vision_layers": 1, "vision_width": 32,
-                            "vision_patch_size": 8, "transformer_width": 32, "transformer_heads": 1,
-                            "transformer_layers": 1, "vision_heads": 1, "mit_heads": 1, "prompt_heads": 1}, num_frames=2)
+                            "vision_patch_size": 8, "transformer_width": 32, "transformer_heads": 2,
+                            "transformer_layers": 1, "vision_heads": 2, "mit_heads": 2, "prompt_heads": 2}, num_frames=2)
     groups = {g["name"]: g for g in param_groups(m.named_parameters(), lr=1.0, weight_decay=0.1)}
     new = set(groups["new_decay"]["param_names"]) | set(groups["new_no_decay"]["param_names"])
     assert any("message_" in n for n in new) and any(n.startswith("mit.") for n in new)

@@ -13,8 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_ARCH = {
     "embed_dim": 32, "image_resolution": 16, "vision_layers": 1, "vision_width": 32, "vision_patch_size": 8,
-    "vision_heads": 1, "transformer_width": 32, "transformer_heads": 1, "transformer_layers": 1,
-    "context_length": 16, "mit_layers": 1, "mit_heads": 1, "prompt_layers": 1, "prompt_heads": 1,
+    "vision_heads": 2, "transformer_width": 32, "transformer_heads": 2, "transformer_layers": 1,
+    "context_length": 16, "mit_layers": 1, "mit_heads": 2, "prompt_layers": 1, "prompt_heads": 2,
 }
 
 

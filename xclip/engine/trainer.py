@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any, Callable, Mapping
@@ -96,6 +97,14 @@ def trim_tokens(tokens: torch.Tensor, model: nn.Module | None = None) -> torch.T
         raise ValueError(f"a class prompt needs {used} tokens but the model's context_length is {ctx}; shorten the class "
                          "names or data.text_template")
     return tokens[:, : max(used, 1)]
+
+
+def _test_kill_at_step(step: int) -> None:
+    """Tests only: ``XCLIP_TEST_KILL_AT_STEP=N`` makes the process SIGKILL itself after optimiser step N
+    (after that step's mid-epoch checkpoint, if one is due), so a resume test kills at a chosen step, not on a timer."""
+    at = os.environ.get("XCLIP_TEST_KILL_AT_STEP")
+    if at and int(at) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def seed_everything(seed: int) -> None:
@@ -616,6 +625,7 @@ class Trainer:
         at_epoch_end = (i + 1) == self.steps_per_epoch * t.accumulation_steps
         if t.save_every_steps and self.global_step % t.save_every_steps == 0 and not at_epoch_end:
             self.save(epoch, i + 1, epoch_complete=False)
+        _test_kill_at_step(self.global_step)
         if t.max_steps is not None and self.global_step >= t.max_steps:
             self._stop = True
             self.summary["stopped_early"] = not at_epoch_end or epoch + 1 < t.epochs
