@@ -86,8 +86,8 @@ MUTANTS: list[Mutant] = [
         "Triton forward kernel: exp2 softmax without the log2(e) factor in the scale", k="fp32"),
     Mutant(
         "triton-msg-last-key", "xclip_kernels/triton/_common.py",
-        "bh_base, 0, M, BH, H, D, qk_scale, G, BMSG, BD, PREC)\n    out = acc / l_i[:, None]",
-        "bh_base, 0, M - 1, BH, H, D, qk_scale, G, BMSG, BD, PREC)\n    out = acc / l_i[:, None]",
+        "acc = tl.zeros([G * BM, BD], tl.float32)\n    L_all = Lk + M\n",
+        "acc = tl.zeros([G * BM, BD], tl.float32)\n    L_all = Lk + M - 1\n",
         ("tests/test_triton_kernels.py::test_kernels_against_float64",),
         "Triton intra-frame forward: the last message key is dropped", k="fp32 and intra"),
     Mutant(
