@@ -7,7 +7,7 @@ runs, and its logits and first training loss agree with the reference model
 same weights, within twice the reference code's own error in the run's dtype
 plus a small atol (flash-attention's rule). ``plain`` *is* the reference code,
 so its cases (``plain-runs-only``) only check that it runs; its fidelity is
-``tests/test_plain_baseline.py``. Nothing here asserts a time.
+``tests/model/test_plain_baseline.py``. Nothing here asserts a time.
 
 GPU (``pytest -m gpu benchmarks/bench_model.py --benchmark-enable``):
 X-CLIP B/16, 8 frames, batch 32, bfloat16 (the issue's target point) for

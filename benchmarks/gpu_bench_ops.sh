@@ -33,9 +33,9 @@ status=0
   "$PYTHON" -c "import xclip_kernels as xk; [print(s) for s in xk.available_backends().values()]"
 } | tee "$OUT/env.txt"
 
-echo "== GPU tests (tests/test_triton_gpu.py, tests/test_triton_kernels.py on CUDA)"
-"$PYTHON" -m pytest -p no:cacheprovider -q -m gpu tests/test_triton_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
-"$PYTHON" -m pytest -p no:cacheprovider -q tests/test_triton_kernels.py 2>&1 | tee "$OUT/triton_kernel_tests_cuda.txt" || status=1
+echo "== GPU tests (tests/kernels/test_triton_gpu.py, tests/kernels/test_triton_kernels.py on CUDA)"
+"$PYTHON" -m pytest -p no:cacheprovider -q -m gpu tests/kernels/test_triton_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
+"$PYTHON" -m pytest -p no:cacheprovider -q tests/kernels/test_triton_kernels.py 2>&1 | tee "$OUT/triton_kernel_tests_cuda.txt" || status=1
 
 echo "== op benchmarks (standalone runner)"
 "$PYTHON" benchmarks/_op_bench.py --out "$OUT/ops_table.md" --json "$OUT/ops_rows.json" 2>"$OUT/ops_progress.log" || status=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the CUDA backend's gpu tests under NVIDIA compute-sanitizer, for a GPU
 # session: memcheck (out-of-bounds / misaligned global and shared accesses)
-# over all of tests/test_cuda_backend.py, then racecheck (shared-memory races:
+# over all of tests/kernels/test_cuda_backend.py, then racecheck (shared-memory races:
 # a missing __syncthreads) and synccheck (barrier misuse) over a small subset.
 #
 #   benchmarks/gpu_memcheck.sh [extra pytest args, e.g. -k cross_frame]
@@ -39,7 +39,7 @@ for tool in $TOOLS; do
   fi
   echo "== compute-sanitizer --tool $tool" | tee "$LOGDIR/$tool.log"
   "$SANITIZER" --tool "$tool" --error-exitcode 99 --print-limit 50 \
-    "$PYTHON" -m pytest tests/test_cuda_backend.py -q -p no:cacheprovider --timeout=3000 "${select[@]}" "$@" \
+    "$PYTHON" -m pytest tests/kernels/test_cuda_backend.py -q -p no:cacheprovider --timeout=3000 "${select[@]}" "$@" \
     2>&1 | tee -a "$LOGDIR/$tool.log"
   rc=${PIPESTATUS[0]}
   echo "== $tool exit status $rc" | tee -a "$LOGDIR/$tool.log"

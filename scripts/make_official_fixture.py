@@ -1,4 +1,4 @@
-"""Write tests/fixtures/official_xclip_tiny.pth by RUNNING the official X-CLIP code (microsoft/VideoX).
+"""Write tests/model/fixtures/official_xclip_tiny.pth by RUNNING the official X-CLIP code (microsoft/VideoX).
 
 The fixture proves compatibility with the official implementation, not with
 our own re-statement of it: a tiny random X-CLIP is built by the official
@@ -6,7 +6,7 @@ our own re-statement of it: a tiny random X-CLIP is built by the official
 ``utils.tools.epoch_saving`` does (``{"model": state_dict, "optimizer": ...,
 "lr_scheduler": ..., "max_accuracy": ..., "epoch": ..., "config": <yacs
 CfgNode>}``), and its logits on fixed inputs are computed by the official
-forward. ``tests/test_official_fixture.py`` loads the file with
+forward. ``tests/model/test_official_fixture.py`` loads the file with
 ``xclip.load_pretrained`` while ``yacs`` cannot be imported and matches the
 logits.
 
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"
+FIXTURES = REPO / "tests" / "model" / "fixtures"
 
 SIZES = dict(embed_dim=128, image_resolution=16, vision_layers=1, vision_width=128, vision_patch_size=4,
              context_length=8, vocab_size=64, transformer_width=128, transformer_heads=2, transformer_layers=1)
@@ -78,7 +78,7 @@ def tokens(K: int = 3, L: int = 8, vocab: int = 64, seed: int = 1) -> torch.Tens
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("official", type=Path, help="the X-CLIP folder of a microsoft/VideoX checkout")
-    ap.add_argument("--out", type=Path, default=FIXTURES, help="output folder (default: tests/fixtures)")
+    ap.add_argument("--out", type=Path, default=FIXTURES, help="output folder (default: tests/model/fixtures)")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     XCLIP, _C = _import_official(args.official.resolve())

@@ -50,7 +50,7 @@ class Mutant:
     k: str | None = None  # optional pytest -k expression narrowing the tests (to keep the check fast)
 
 
-T_OFFICIAL = "tests/test_model.py::test_matches_official_computation_float64"
+T_OFFICIAL = "tests/model/test_model.py::test_matches_official_computation_float64"
 
 MUTANTS: list[Mutant] = [
     Mutant(
@@ -69,26 +69,26 @@ MUTANTS: list[Mutant] = [
         "heads-crossframe", "xclip_kernels/nn.py",
         "qkv = self._project(x, 0, 3)  # [B, T, 3, H, D]",
         "qkv = self._project(x, 0, 3).flatten(-2).unflatten(-1, (self.head_dim, self.num_heads)).transpose(-1, -2)  #",
-        (T_OFFICIAL, "tests/test_nn.py::test_cross_frame_attention_equals_mha"),
+        (T_OFFICIAL, "tests/kernels/test_nn.py::test_cross_frame_attention_equals_mha"),
         "CrossFrameAttention (message attention, MIT) splits q/k/v into heads as [D, H]"),
     Mutant(
         "heads-intraframe", "xclip_kernels/nn.py",
         "o = intra_frame_attn_packed(self._project(x, 0, 3), ",
         "o = intra_frame_attn_packed(self._project(x, 0, 3).flatten(-2).unflatten(-1, (self.head_dim, self.num_heads))"
         ".transpose(-1, -2), ",
-        (T_OFFICIAL, "tests/test_nn.py::test_intra_frame_attention_equals_mha_over_concat"),
+        (T_OFFICIAL, "tests/kernels/test_nn.py::test_intra_frame_attention_equals_mha_over_concat"),
         "IntraFrameAttention (vision blocks) splits the token q/k/v into heads as [D, H]"),
     Mutant(
         "triton-scale-log2", "xclip_kernels/triton/_common.py",
         "qk_scale = scale * 1.4426950408889634\n    m_i = tl.full",
         "qk_scale = scale\n    m_i = tl.full",
-        ("tests/test_triton_kernels.py::test_kernels_against_float64",),
+        ("tests/kernels/test_triton_kernels.py::test_kernels_against_float64",),
         "Triton forward kernel: exp2 softmax without the log2(e) factor in the scale", k="fp32"),
     Mutant(
         "triton-msg-last-key", "xclip_kernels/triton/_common.py",
         "acc = tl.zeros([G * BM, BD], tl.float32)\n    L_all = Lk + M\n",
         "acc = tl.zeros([G * BM, BD], tl.float32)\n    L_all = Lk + M - 1\n",
-        ("tests/test_triton_kernels.py::test_kernels_against_float64",),
+        ("tests/kernels/test_triton_kernels.py::test_kernels_against_float64",),
         "Triton intra-frame forward: the last message key is dropped", k="fp32 and intra"),
     Mutant(
         "mit-residual-after-pos", "xclip/model/model.py",
@@ -106,43 +106,43 @@ MUTANTS: list[Mutant] = [
         "text-not-at-eot", "xclip/model/model.py",
         "return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection",
         "return x[torch.arange(x.shape[0], device=x.device), eot - 1] @ self.text_projection",
-        (T_OFFICIAL, "tests/test_official_fixture.py"),
+        (T_OFFICIAL, "tests/model/test_official_fixture.py"),
         "text feature taken one token before <eot>"),
     Mutant(
         "sampler-drops-last", "xclip/data/loader.py",
         "iter(range(self.rank, self.n, self.num_replicas))",
         "iter(range(self.rank, self.n - 1, self.num_replicas))",
-        ("tests/test_data.py::test_shard_sampler_every_sample_once",),
+        ("tests/data/test_data.py::test_shard_sampler_every_sample_once",),
         "evaluation ShardSampler drops the last sample"),
     Mutant(
         "scheduler-not-restored", "xclip/engine/trainer.py",
         'self.schedule.load_state_dict(state["scheduler"])',
         "pass  # scheduler state not restored",
-        ("tests/test_resume.py::test_kill_and_resume_matches_uninterrupted",),
+        ("tests/engine/test_resume.py::test_kill_and_resume_matches_uninterrupted",),
         "resume restores the optimiser but not the learning-rate schedule"),
     Mutant(
         "grads-summed-across-ranks", "xclip/engine/trainer.py",
         "self.scaler.scale(loss / self.cfg.train.accumulation_steps).backward()",
         "self.scaler.scale(loss * self.dist.world_size / self.cfg.train.accumulation_steps).backward()",
-        ("tests/test_distributed.py::test_two_process_ddp_matches_single_process",),
+        ("tests/engine/test_distributed.py::test_two_process_ddp_matches_single_process",),
         "gradients summed over ranks instead of averaged (DDP's mean times the world size)"),
     Mutant(
         "unreadable-video-raises", "xclip/data/dataset.py",
         "except Exception as e:  # any decode / transform failure: skip, never kill the run\n",
         "except Exception as e:  # any decode / transform failure: skip, never kill the run\n            raise\n",
-        ("tests/test_train_loop.py::test_corrupt_video_is_skipped_and_training_completes",),
+        ("tests/engine/test_train_loop.py::test_corrupt_video_is_skipped_and_training_completes",),
         "an unreadable video raises out of the data set instead of being skipped"),
     Mutant(
         "demo-blind-input", "xclip/data/frame_cache.py",
         "            self._frames[path] = t\n        return t\n",
         "            self._frames[path] = t\n        return torch.zeros_like(t)  # blind: every frame black\n",
-        ("tests/test_demo.py::test_demo_learns_above_chance_and_above_blind",),
+        ("tests/apps/test_demo.py::test_demo_learns_above_chance_and_above_blind",),
         "the demo's model sees black frames only (the frame cache serves zeros)"),
     Mutant(
         "drop-path-in-eval", "xclip/model/model.py",
         "if p == 0.0 or not training:",
         "if p == 0.0:",
-        ("tests/test_model.py::test_drop_path_is_per_sample_and_off_in_eval",),
+        ("tests/model/test_model.py::test_drop_path_is_per_sample_and_off_in_eval",),
         "stochastic depth stays on in eval mode"),
 ]
 

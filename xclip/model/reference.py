@@ -13,8 +13,8 @@ video-specific prompt generator) with stock modules only, independently of
   and throws the message token's own output away;
 - LayerNorm, QuickGELU and the residual adds are separate modules / ops.
 
-It serves twice: as the tests' oracle (``tests/test_model.py`` and
-``tests/test_plain_baseline.py`` compare our model with it) and as the
+It serves twice: as the tests' oracle (``tests/model/test_model.py`` and
+``tests/model/test_plain_baseline.py`` compare our model with it) and as the
 ``plain`` contender of ``xclip bench`` (the baseline to beat; nothing here
 is tuned). Parameter names equal the official state-dict layout, so the
 weights of ``xclip``'s model, or of an official checkpoint, load unchanged::

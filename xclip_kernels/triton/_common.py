@@ -177,7 +177,7 @@ def launch(kernel, grid, args: tuple, fixed: dict, configs: list[dict], interp: 
 # Autotune candidates (BM, BN, num_warps, num_stages) per kernel kind, arch,
 # element size and BD (= padded head dim: 32, 64 or 128). Every entry compiles
 # without a register spill and within shared memory for its arch at X-CLIP
-# shapes: tests/test_triton_resources.py checks it, and
+# shapes: tests/kernels/test_triton_resources.py checks it, and
 # ``python -m benchmarks.static_resources`` writes the full table
 # (benchmarks/RESULTS.md). float32 (IEEE dots on CUDA cores, accumulators and
 # operands twice the size) gets small tiles and 8 warps.

@@ -28,7 +28,7 @@ def not_supported_reasons(inputs) -> list[str]:
 def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, bd: int = 64) -> list[dict]:
     """Packed-tile candidates: ROWS = G * T_pad rows per program (num_warps, num_stages per ROWS).
 
-    Checked for spills and shared memory by tests/test_triton_resources.py.
+    Checked for spills and shared memory by tests/kernels/test_triton_resources.py.
     """
     arch = arch or C._gpu_arch()
     if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles, more warps for D > 64

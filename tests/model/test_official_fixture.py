@@ -1,9 +1,9 @@
 """Compatibility with the official X-CLIP code, not with our own re-statement of it.
 
-tests/fixtures/official_xclip_tiny.pth was written by running microsoft/VideoX's X-CLIP
+tests/model/fixtures/official_xclip_tiny.pth was written by running microsoft/VideoX's X-CLIP
 (scripts/make_official_fixture.py): a tiny random model with 2 heads in every attention, saved as the
 official trainer saves (with its real yacs config), plus fixed inputs and the official logits in float64
-and float32 (tests/fixtures/official_xclip_tiny_io.pt). Here it is loaded while yacs cannot be imported.
+and float32 (tests/model/fixtures/official_xclip_tiny_io.pt). Here it is loaded while yacs cannot be imported.
 """
 
 from __future__ import annotations

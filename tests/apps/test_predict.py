@@ -12,7 +12,7 @@ import torch
 
 from video_utils import make_corrupt_video, make_video
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=32, vision_patch_size=16,
             transformer_width=32, transformer_heads=2, transformer_layers=1, num_frames=4, vision_heads=2,
             mit_heads=2, prompt_heads=2)

@@ -14,7 +14,7 @@ import torch
 import xclip_kernels as xk
 from xclip_kernels import _extension
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Whether the extension should exist is decided by what setup.py recorded at build time
 # (xclip_kernels/_build_info.py), not by the environment the tests happen to run in.
 BUILD_SKIP_REASON = (

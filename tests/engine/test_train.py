@@ -15,7 +15,7 @@ from xclip.engine.mixup import MixupCutmix, smooth_one_hot, soft_target_cross_en
 from xclip.engine.optim import build_optimizer, freeze_text, is_new_module, param_groups
 from xclip.engine.schedule import CosineWarmupSchedule
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # ----------------------------------------------------------------------------- config

@@ -2,7 +2,7 @@
 
 The reference is :mod:`xclip.model.reference` in float64. The ``plain`` contender is that same code in float32, so
 its error is only rounding: it is the yardstick (flash-attention's rule: the others stay within twice it plus a small
-atol), not evidence that plain is right. That evidence is ``tests/test_plain_baseline.py`` and ``tests/test_model.py``
+atol), not evidence that plain is right. That evidence is ``tests/model/test_plain_baseline.py`` and ``tests/model/test_model.py``
 (our model, transformers' model and the reference agree).
 """
 
@@ -196,7 +196,7 @@ def test_gpu_check_script_runs_its_stages_on_cpu(tmp_path):
 
     if shutil.which("bash") is None or shutil.which("timeout") is None:
         pytest.skip("needs bash and coreutils timeout")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(
         os.environ,
         OUT=str(tmp_path),

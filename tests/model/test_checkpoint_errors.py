@@ -38,7 +38,7 @@ def tiny_bare(**kw):
     a checkpoint without a config carries no head count, so the loader infers it."""
     return tiny(**kw, transformer_heads=1, vision_heads=None, mit_heads=None, prompt_heads=None)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARKER: list[str | None] = [None]
 
 

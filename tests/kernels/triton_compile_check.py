@@ -2,9 +2,9 @@
 
 Kept as the old entry point; the work is done by ``benchmarks.static_resources``
 (the JIT's own specialization, registers, spills, shared memory, tensor-core
-instructions), which ``tests/test_triton_resources.py`` runs.
+instructions), which ``tests/kernels/test_triton_resources.py`` runs.
 
-    python tests/triton_compile_check.py [ARCH=90] [all|first]
+    python tests/kernels/triton_compile_check.py [ARCH=90] [all|first]
 
 ``first`` (default): X-CLIP shapes, bf16 (``--subset ci``); ``all``: the full table.
 Must run WITHOUT TRITON_INTERPRET. Exit status 1 if any config fails.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import static_resources  # noqa: E402
 

@@ -9,7 +9,7 @@ import sys
 import torch
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TINY_ARCH = {
     "embed_dim": 32, "image_resolution": 16, "vision_layers": 1, "vision_width": 32, "vision_patch_size": 8,

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "mutation_check.py")
 
 
@@ -37,8 +37,8 @@ def test_mutation_check_reports_a_surviving_mutant(monkeypatch, capsys):
     finally:
         sys.path.remove(os.path.join(REPO, "scripts"))
     harmless = mc.Mutant("harmless", "xclip/model/model.py", "def drop_path(", "def drop_path(  ",
-                         ("tests/test_model.py::test_logit_scale_init",), "whitespace only: no test can see it")
-    stale = mc.Mutant("stale", "xclip/model/model.py", "this text is not in the file", "x", ("tests/test_model.py",),
+                         ("tests/model/test_model.py::test_logit_scale_init",), "whitespace only: no test can see it")
+    stale = mc.Mutant("stale", "xclip/model/model.py", "this text is not in the file", "x", ("tests/model/test_model.py",),
                       "a snippet that does not match")
     monkeypatch.setattr(mc, "MUTANTS", [harmless, stale])
     assert mc.main(["--no-baseline"]) == 1

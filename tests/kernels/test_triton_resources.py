@@ -26,7 +26,7 @@ import pytest
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_KERNELS = {"attn_fwd_kernel", "attn_bwd_fused_kernel", "_cf_bwd_packed_kernel", "_shared_dq_kernel"}
 
 

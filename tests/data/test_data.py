@@ -97,7 +97,7 @@ def test_decoders_return_identical_frames(tmp_path):
         open_video(path, "ffmpeg")
 
 
-# auto's choice and fallbacks (torchcodec first, then PyAV): tests/test_decoders.py
+# auto's choice and fallbacks (torchcodec first, then PyAV): tests/data/test_decoders.py
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
