@@ -104,16 +104,12 @@ FRAMES, BATCH, CLASSES = 8, 2, 10
 @pytest.fixture(scope="module")
 def models():
     import xclip
-
-    import plain_xclip
+    from xclip.model.reference import PlainXCLIP
 
     torch.manual_seed(0)
     ours = xclip.create_model("ViT-B/16", num_frames=FRAMES, **SMALL).eval()
     cfg = ours.config
-    plain = plain_xclip.PlainXCLIP.from_state_dict(
-        {k: v.clone() for k, v in ours.state_dict().items()}, vision_heads=cfg.vision_num_heads,
-        text_heads=cfg.transformer_heads, mit_heads=cfg.mit_num_heads, prompt_heads=cfg.prompt_num_heads,
-        layer_norm_eps=cfg.layer_norm_eps).eval()
+    plain = PlainXCLIP.from_model(ours).eval()
     g = torch.Generator().manual_seed(1)
     video = torch.randn(BATCH, FRAMES, 3, cfg.image_resolution, cfg.image_resolution, generator=g)
     tokens = xclip.tokenize([f"class number {i}" for i in range(CLASSES)])
