@@ -144,6 +144,14 @@ def test_convert_and_eval_bad_inputs(files, tmp_path):
                             tmp_path / "ev"), "bad_test.txt", "line 9", "12")
 
 
+def test_demo_typo_fails_before_any_data_is_made(tmp_path):
+    r = xclip("demo", "--output", tmp_path / "demo", "train=5")
+    assert_user_error(r, "train")
+    assert not (tmp_path / "demo" / "data").exists(), "the demo generated its videos before reading its overrides"
+    r = xclip("demo", "--output", tmp_path / "demo", "train.epocs=3")
+    assert_user_error(r, "train.epocs", "epochs")
+
+
 # ------------------------------------------------------------------ the checkpoint's preprocessing
 def test_predict_uses_the_crop_pct_a_checkpoint_was_trained_with(tmp_path):
     """A run trained with data.crop_pct=1.0: `xclip predict` without --crop-pct preprocesses with 1.0."""

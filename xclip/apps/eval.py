@@ -136,7 +136,7 @@ def warn_model_differences(cfg, model, checkpoint: str) -> None:
 def _run(args, dist_info) -> int:
     from xclip.config import load_config
     from xclip.data import build_data_loader, build_dataset, check_list_labels, parse_video_list, read_labels
-    from xclip.engine import evaluate, k600_novel_splits, summarise_splits, write_eval_outputs
+    from xclip.engine import evaluate, k600_novel_splits, write_eval_outputs
     from xclip.engine.zeroshot import restrict_to_classes
     from xclip.model import load_pretrained, tokenize
     from xclip.apps.predict import warn_truncated
@@ -215,18 +215,24 @@ def _run(args, dist_info) -> int:
         for s, (lf, lab) in enumerate(zip(lists, labels), 1):
             names = read_labels(lab)
             results.append(run_one(f"zeroshot_split{s}", items_of(lf, names), names))
+    if rank0:
+        _write_zeroshot_summary(results, out_dir, f"{clips}x{crops}", args.checkpoint)
+    return 0
+
+
+def _write_zeroshot_summary(results: list[dict], out_dir: str, views: str, checkpoint: str) -> None:
+    """zeroshot_summary.json: top-1/top-5 per split and their mean and standard deviation."""
+    from xclip.engine import summarise_splits
+
     top1s = [r["top1"] for r in results]
     mean1, std1 = summarise_splits(top1s)
     mean5, std5 = summarise_splits([r["top5"] for r in results])
-    if rank0:
-        summary = {"top1_per_split": top1s, "top1_mean": mean1, "top1_std": std1, "top5_mean": mean5,
-                   "top5_std": std5, "splits": len(results), "views": f"{clips}x{crops}",
-                   "checkpoint": os.path.abspath(args.checkpoint)}
-        with open(os.path.join(out_dir, "zeroshot_summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        log.info("zero-shot over %d split(s): top-1 %.1f ± %.1f, top-5 %.1f ± %.1f", len(results), mean1, std1,
-                 mean5, std5)
-    return 0
+    summary = {"top1_per_split": top1s, "top1_mean": mean1, "top1_std": std1, "top5_mean": mean5,
+               "top5_std": std5, "splits": len(results), "views": views, "checkpoint": os.path.abspath(checkpoint)}
+    with open(os.path.join(out_dir, "zeroshot_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log.info("zero-shot over %d split(s): top-1 %.1f ± %.1f, top-5 %.1f ± %.1f", len(results), mean1, std1,
+             mean5, std5)
 
 
 if __name__ == "__main__":

@@ -349,12 +349,14 @@ def run_demo(output: str = "demo_out", *, quick: bool = False, ablation: bool = 
     spec = spec or demo_spec(quick)
     data_root = os.path.join(output, "data")
     n_classes = len(spec.colours) * len(spec.shapes) * len(spec.motions)
+    extra = (QUICK_OVERRIDES if quick else []) + list(overrides) + ([] if progress else ["log.progress=false"])
+    demo_config(output, data_root, "run_crossframe", cross_frame=True, overrides=extra)  # a typo fails here, not
+    # after the data are made
     print(f"[demo] generating {n_classes} classes of moving-shape videos in {data_root}", flush=True)
     info = generate_dataset(data_root, spec, progress=progress, workers=min(2, _cpus()))
     t_data = time.time() - t0
     print(f"[demo] {info['counts']} clips in {t_data:.1f} s; held out for zero-shot: {', '.join(info['held_out_classes'])}",
           flush=True)
-    extra = (QUICK_OVERRIDES if quick else []) + list(overrides) + ([] if progress else ["log.progress=false"])
 
     runs = [("run_crossframe", True, "cross-frame (X-CLIP)")]
     if ablation:
@@ -550,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         run_demo(args.output, quick=args.quick, ablation=not args.no_ablation, overrides=args.overrides,
                  progress=not args.no_progress, spec=demo_spec(args.quick, args.held_out_pairs), jobs=args.jobs)
     except ValueError as e:
-        print(f"xclip demo: {e}", file=sys.stderr)
-        return 2
+        from xclip.apps.cli import user_error
+
+        return user_error("xclip demo", e)
     return 0
 
 
