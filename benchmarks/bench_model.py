@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import tempfile
+import time
 
 import pytest
 import torch
@@ -94,6 +96,50 @@ def _sync_call(fn, device):
     return call
 
 
+def _record_ratio(benchmark, fn, baseline, rounds: int, device: torch.device) -> None:
+    """``ratio_vs_plain`` in extra_info: ``fn`` against the plain model, calls interleaved (benchmarks/_ratio.py)."""
+    from _ratio import interleaved_times
+
+    t = interleaved_times({"x": fn, "plain": baseline}, max(3, rounds),
+                          clock=time.perf_counter if device.type == "cuda" else time.process_time)
+    benchmark.extra_info.update(ratio_vs_plain=min(t["x"]) / min(t["plain"]),
+                                ratio_vs_plain_median=statistics.median(t["x"]) / statistics.median(t["plain"]))
+
+
+def _plain_inference(suite: _Suite):
+    plain = bench.plain_model(suite.state, suite.cfg).to(device=suite.device, dtype=suite.dtype).eval()
+    x = suite.video.to(suite.dtype)
+    with torch.inference_mode():
+        text = plain.encode_text(suite.tokens)
+
+    def run():
+        with torch.inference_mode():
+            return plain.logits_from_video(x, text)
+
+    return _sync_call(run, suite.device)
+
+
+def _plain_train_step(suite: _Suite, ctx, use_scaler: bool):
+    plain = bench.plain_model(suite.state, suite.cfg).to(device=suite.device).train()
+    with torch.no_grad(), ctx:
+        text = plain.encode_text(suite.tokens)
+    params = [p for n, p in plain.named_parameters() if not n.startswith(("transformer.", "token_embedding",
+                                                                          "positional_embedding", "ln_final",
+                                                                          "text_projection"))]
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.001)
+    scaler = torch.amp.GradScaler(suite.device.type, enabled=use_scaler)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with ctx:
+            logits = plain.logits_from_video(suite.video, text)
+        scaler.scale(F.cross_entropy(logits.float(), suite.labels)).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    return _sync_call(step, suite.device)
+
+
 def _run_inference(benchmark, suite: _Suite, name: str, rounds: int = 10, warmup: int = 3) -> None:
     c = suite.contender(name)
     c.module.to(device=suite.device, dtype=suite.dtype).eval()
@@ -107,6 +153,8 @@ def _run_inference(benchmark, suite: _Suite, name: str, rounds: int = 10, warmup
                 benchmark(fn)
             else:
                 benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        if not benchmark.disabled and name != "plain":  # in-run baseline: the plain reference model
+            _record_ratio(benchmark, fn, _plain_inference(suite), rounds, suite.device)
     err = bench.rel_err(logits, suite.ref_logits)
     suite.assert_close_to_reference(name, err)
     benchmark.extra_info.update(contender=c.name, max_rel_err_vs_ref=err, peak_bytes=mem.peak,
@@ -150,6 +198,8 @@ def _run_train_step(benchmark, suite: _Suite, name: str, rounds: int = 5, warmup
             benchmark(fn)
         else:
             benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    if not benchmark.disabled and name != "plain":  # in-run baseline: the plain reference model's step
+        _record_ratio(benchmark, fn, _plain_train_step(suite, ctx, scaler.is_enabled()), rounds, dev)
     assert all(torch.isfinite(v).item() for v in losses), f"{name}: non-finite training loss"
     assert any(not torch.equal(b, p.detach()) for b, p in zip(before, params[:4])), f"{name}: step changed nothing"
     suite.assert_close_to_reference(name, 0.0, float(losses[0]))  # the loss before the first update
