@@ -253,12 +253,17 @@ def gpu_event_ms(step, iters: int = 20, repeats: int = 5) -> float | None:
         return None
     step.body()
     torch.cuda.synchronize()
+    return _event_ms(step.body, iters, repeats)
+
+
+def _event_ms(run, iters: int, repeats: int) -> float:
+    """Median over ``repeats`` of the CUDA-event time per call of ``iters`` back-to-back ``run()`` calls."""
     out = []
     for _ in range(repeats):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         for _ in range(iters):
-            step.body()
+            run()
         b.record()
         torch.cuda.synchronize()
         out.append(a.elapsed_time(b) / iters)
@@ -284,17 +289,9 @@ def graph_ms(step, iters: int = 20, repeats: int = 5) -> float | None:
         step.body()
     g.replay()
     torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(iters):
-            g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) / iters)
+    ms = _event_ms(g.replay, iters, repeats)
     del g
-    return statistics.median(out)
+    return ms
 
 
 def gpu_timings(step) -> dict:
