@@ -41,8 +41,10 @@ def _text_lines(path: str, what: str) -> list[str]:
     return lines
 
 
-def parse_video_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[tuple[str, int]]:
-    """Like :func:`read_video_list`, but ``root=None`` keeps paths as written."""
+def parse_video_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+    """Like :func:`read_video_list`, but ``root=None`` keeps paths as written (``allow_empty``: no error
+    for a list without samples)."""
     list_file = os.fspath(list_file)
     if not os.path.isfile(list_file):
         raise ValueError(f"video list {list_file!r} does not exist or is not a file")
@@ -67,7 +69,7 @@ def parse_video_list(list_file: str | os.PathLike, root: str | os.PathLike | Non
             raise ValueError(f"{list_file}, line {lineno}: label {label} is negative (line {line!r})")
         path = rel if root is None else os.path.abspath(os.path.join(os.fspath(root), rel))
         items.append((path, label))
-    if not items:
+    if not items and not allow_empty:
         raise ValueError(f"video list {list_file!r} contains no samples")
     return items
 
@@ -81,7 +83,8 @@ def check_list_labels(source, num_classes: int, labels: str = "the labels", what
     n = int(num_classes)
     if isinstance(source, (str, os.PathLike)):
         list_file = os.fspath(source)
-        parse_video_list(list_file)  # format errors first (missing file, bad line, not UTF-8)
+        # format errors first (missing file, bad line, not UTF-8); an empty list is reported where it is read
+        parse_video_list(list_file, allow_empty=True)
         for lineno, raw in enumerate(_text_lines(list_file, what), start=1):
             line = raw.strip()
             if not line or line.startswith("#"):

@@ -375,7 +375,7 @@ def run_demo(output: str = "demo_out", *, quick: bool = False, ablation: bool = 
         cache = FrameCache(cfg0.data.decoder)
         t_fill = time.time()
         lists = [cfg0.data.train_list, cfg0.data.val_list, cfg0.data.test_list, os.path.join(data_root, "zeroshot.txt")]
-        cache.fill([os.path.join(data_root, p) for lf in lists for p, _ in parse_video_list(lf)],
+        cache.fill([os.path.join(data_root, p) for lf in lists for p, _ in parse_video_list(lf, allow_empty=True)],
                    progress=progress and jobs == 1)
         print(f"[demo] {len(cache)} clips decoded into memory in {time.time() - t_fill:.1f} s", flush=True)
     if jobs == 1:
