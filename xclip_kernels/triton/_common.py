@@ -246,7 +246,7 @@ _FP32 = {  # both archs; software pipelining (num_stages > 1) makes the float32 
     "dkdv": {32: [(32, 64, 8, 1), (64, 64, 8, 1)], 64: [(32, 32, 8, 1), (32, 32, 4, 1), (16, 64, 8, 1)],
              128: [(16, 16, 4, 1), (32, 32, 8, 1)]},
     "dq": {32: [(32, 64, 8, 1), (16, 64, 4, 1), (32, 32, 4, 1)], 64: [(16, 64, 4, 1), (16, 32, 4, 1)],
-           128: [(16, 32, 8, 1)]},  # spills 16 B (dQ) / 72 B (shared-q dQ) on sm_90: the best found
+           128: [(16, 16, 8, 1)]},  # BN = 32 spills 8-16 B (dQ, shared-q dQ) on sm_90; 4 warps spill 200+ B
 }
 for _kind, _table in _FP32.items():
     for _arch in ("hopper", "ampere"):
