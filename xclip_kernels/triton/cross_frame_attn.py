@@ -46,7 +46,9 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, b
     elif arch == "hopper":
         rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1)]
     else:
-        rows = [(32, 2, 2), (64, 4, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 4, 1), (64, 8, 1)]
+        # the 128-row forward tile spills at T > 8 (8-64 B, fp16 and bf16, one or two stages)
+        rows = ([(32, 2, 2), (64, 4, 2)] + ([(128, 8, 2)] if tp <= 8 else []) if kind == "fwd"
+                else [(32, 2, 1), (64, 4, 1), (64, 8, 1)])
     out = []
     for r, nw, ns in rows:
         if r < max(tp, 16):
