@@ -40,7 +40,9 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, b
             rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
     elif bd >= 128:  # D > 64: no 4-warp 64-row tiles, no 128-row backward tiles (they spill)
         if arch == "hopper":
-            rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 8, 2)]
+            # the 128-row forward tile at T = 16 spills 8-24 B with 2-3 stages (fp16 / bf16): one stage there
+            rows = ([(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 1 if tp == 16 else 2)] if kind == "fwd"
+                    else [(32, 2, 2), (64, 8, 2)])
         else:
             rows = [(32, 2, 2), (64, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 8, 1)]
     elif arch == "hopper":
