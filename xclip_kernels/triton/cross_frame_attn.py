@@ -33,18 +33,24 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, b
     arch = arch or C._gpu_arch()
     if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles, more warps for D > 64
         if bd >= 128:
-            rows = [(16, 4, 1)] if kind == "fwd" else [(16, 4, 1)]
+            # forward: one stage spills on sm_90 (16 rows: 8 B, 24 B with 8 warps; 32 rows: 52 B), two do not.
+            # backward: any 32-row tile spills (T = 17..32 at D > 64 takes the spilling fallback; open item)
+            rows = [(16, 4, 2), (32, 8, 2)] if kind == "fwd" else [(16, 4, 1)]
         else:
             rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
     elif bd >= 128:  # D > 64: no 4-warp 64-row tiles, no 128-row backward tiles (they spill)
         if arch == "hopper":
-            rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 8, 2)]
+            # the 128-row forward tile at T = 16 spills 8-24 B with 2-3 stages (fp16 / bf16): one stage there
+            rows = ([(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 1 if tp == 16 else 2)] if kind == "fwd"
+                    else [(32, 2, 2), (64, 8, 2)])
         else:
             rows = [(32, 2, 2), (64, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 8, 1)]
     elif arch == "hopper":
         rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1)]
     else:
-        rows = [(32, 2, 2), (64, 4, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 4, 1), (64, 8, 1)]
+        # the 128-row forward tile spills at T > 8 (8-64 B, fp16 and bf16, one or two stages)
+        rows = ([(32, 2, 2), (64, 4, 2)] + ([(128, 8, 2)] if tp <= 8 else []) if kind == "fwd"
+                else [(32, 2, 1), (64, 4, 1), (64, 8, 1)])
     out = []
     for r, nw, ns in rows:
         if r < max(tp, 16):
