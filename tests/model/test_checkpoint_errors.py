@@ -16,7 +16,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 import zipfile
 from pathlib import Path
 from typing import Tuple
@@ -29,7 +28,7 @@ import xclip
 from xclip import CheckpointError
 from xclip.model.checkpoints import save_checkpoint
 
-from test_checkpoints import _holder
+from test_checkpoints import _holder, as_yacs_cfgnode
 from test_model import tiny, tokens, video
 
 
@@ -231,23 +230,12 @@ def test_payload_as_a_weight_is_refused(tmp_path, marker):
 @pytest.fixture
 def hostile_yacs(marker):
     """A ``yacs.config.CfgNode`` look-alike whose pickled state carries payloads; removed before loading."""
-    pkg, mod = types.ModuleType("yacs"), types.ModuleType("yacs.config")
-
     class CfgNode(dict):
         def __init__(self, d=None):
             super().__init__(d or {})
             self.__dict__["__immutable__"] = Payload(marker)  # in the BUILD state, as yacs' private flags are
 
-    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
-    mod.CfgNode, pkg.config = CfgNode, mod
-    saved = {k: sys.modules.get(k) for k in ("yacs", "yacs.config")}
-    sys.modules["yacs"], sys.modules["yacs.config"] = pkg, mod
-    yield CfgNode
-    for k, v in saved.items():
-        if v is None:
-            sys.modules.pop(k, None)
-        else:
-            sys.modules[k] = v
+    yield from as_yacs_cfgnode(CfgNode)
 
 
 def test_official_checkpoint_with_hostile_yacs_config(tmp_path, marker, hostile_yacs):

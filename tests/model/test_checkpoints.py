@@ -126,11 +126,25 @@ def _mark_executed(x):
     return x
 
 
+def as_yacs_cfgnode(cls):
+    """Generator for a fixture: ``cls`` importable as ``yacs.config.CfgNode`` while the test runs (so
+    ``torch.save`` pickles it under yacs' name); the real modules, if any, are put back afterwards."""
+    pkg, mod = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+    cls.__module__, cls.__qualname__ = "yacs.config", "CfgNode"
+    mod.CfgNode, pkg.config = cls, mod
+    saved = {k: sys.modules.get(k) for k in ("yacs", "yacs.config")}
+    sys.modules["yacs"], sys.modules["yacs.config"] = pkg, mod
+    yield cls
+    for k, v in saved.items():
+        if v is None:
+            sys.modules.pop(k, None)
+        else:
+            sys.modules[k] = v
+
+
 @pytest.fixture
 def fake_yacs():
     """A stand-in ``yacs.config.CfgNode`` (a dict subclass with private state), removed again before loading."""
-    pkg, mod = types.ModuleType("yacs"), types.ModuleType("yacs.config")
-
     class CfgNode(dict):
         def __init__(self, d=None):
             super().__init__(d or {})
@@ -139,16 +153,7 @@ def fake_yacs():
             self.__dict__["__renamed_keys__"] = {}
             self.__dict__["__new_allowed__"] = False
 
-    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
-    mod.CfgNode, pkg.config = CfgNode, mod
-    saved = {k: sys.modules.get(k) for k in ("yacs", "yacs.config")}
-    sys.modules["yacs"], sys.modules["yacs.config"] = pkg, mod
-    yield CfgNode
-    for k, v in saved.items():
-        if v is None:
-            sys.modules.pop(k, None)
-        else:
-            sys.modules[k] = v
+    yield from as_yacs_cfgnode(CfgNode)
 
 
 def test_official_checkpoint_with_yacs_config_and_no_code_execution(tmp_path, fake_yacs):
