@@ -37,7 +37,8 @@ from torch import nn
 from xclip.config import RunConfig, dump_config, to_config
 from xclip.data import build_data_loader, build_dataset, check_list_labels, read_labels, set_epoch
 from xclip.model import create_model, load_pretrained, tokenize
-from xclip.runtime import DistInfo, all_reduce_sum, amp_dtype, autocast, barrier, cleanup, init_distributed
+from xclip.runtime import (DistInfo, all_reduce_sum, amp_dtype, autocast, barrier, cleanup, init_distributed,
+                           keep_freed_memory)
 
 from . import checkpoint as ckpt_lib
 from .evaluate import evaluate
@@ -222,6 +223,8 @@ class Trainer:
         t = self.cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # the same activations are allocated every step: reuse them, no page faults
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from xclip.config import RunConfig
+from xclip.runtime import keep_freed_memory
 from xclip.data import FrameCache, build_data_loader, build_dataset, parse_video_list, read_labels
 from xclip.engine import evaluate, train
 from xclip.engine.metrics import confusion_matrix, plot_confusion_matrix
@@ -61,8 +62,10 @@ DEMO_CONFIG: dict[str, Any] = {
         "labels": "demo_out/data/labels_train.csv",
         "input_size": 32,
         "num_workers": 0,
-        "decoder": "pyav",
-        "cache_frames": True,  # each clip decoded once (through PyAV), then served from memory
+        # torchcodec when installed, else PyAV: the same FFmpeg decode, the same pixels (tested), torchcodec
+        # ~8x less time for the demo's 1,956 clips (measured: 1.5 against 12 ms a clip)
+        "decoder": "auto",
+        "cache_frames": True,  # each clip decoded once, then served from memory
         # The clips are drawn at the model's input size: no resize, no crop (measured: resizing to 37 px and
         # cropping back to 32 slows learning the direction of motion several-fold).
         "crop_pct": 1.0,
@@ -344,6 +347,7 @@ def run_demo(output: str = "demo_out", *, quick: bool = False, ablation: bool = 
     torch threads (1 in the recipe), so the numbers are the same whatever ``jobs`` is and whatever else runs.
     """
     t0, cpu0 = time.time(), time.process_time() + _children_cpu()
+    keep_freed_memory()  # before the fork: both trainings reuse their activations' memory (xclip.runtime)
     output = os.path.abspath(output)
     os.makedirs(output, exist_ok=True)
     spec = spec or demo_spec(quick)
