@@ -20,7 +20,8 @@ memory than the arch allows (sm_80: 163 KiB, sm_90: 227 KiB per block).
 
     python -m benchmarks.static_resources --subset ci     # X-CLIP shapes, D = 64, bf16 (the suite's test)
     python -m benchmarks.static_resources --subset dims   # every kernel, bf16 + fp32, BD = 32 / 64 / 128 (slow test)
-    python -m benchmarks.static_resources                 # everything: also fp16, D = 80 / 96, T = 16 / 32
+    python -m benchmarks.static_resources                 # everything: also fp16, D = 80 / 96, cross-frame T = 8..64
+    ... --dtype fp32 --head-dim 128 --op cross_frame_attn  # one chunk (filters combine)
     ... --jobs 2 --write-results                          # parallel; replace this subset's table in RESULTS.md
 
 Must run without TRITON_INTERPRET. Exit status 1 when any config fails to
