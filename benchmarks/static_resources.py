@@ -20,7 +20,8 @@ memory than the arch allows (sm_80: 163 KiB, sm_90: 227 KiB per block).
 
     python -m benchmarks.static_resources --subset ci     # X-CLIP shapes, D = 64, bf16 (the suite's test)
     python -m benchmarks.static_resources --subset dims   # every kernel, bf16 + fp32, BD = 32 / 64 / 128 (slow test)
-    python -m benchmarks.static_resources                 # everything: also fp16, D = 80 / 96, T = 16 / 32
+    python -m benchmarks.static_resources                 # everything: also fp16, D = 80 / 96, cross-frame T = 8..64
+    ... --dtype fp32 --head-dim 128 --op cross_frame_attn  # one chunk (filters combine)
     ... --jobs 2 --write-results                          # parallel; replace this subset's table in RESULTS.md
 
 Must run without TRITON_INTERPRET. Exit status 1 when any config fails to
@@ -60,6 +61,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # X-CLIP: (visual heads, patch tokens + class token per frame, prompt heads); head_dim 64
 XCLIP = {"B/32": (12, 50, 8), "B/16": (12, 197, 8), "L/14": (16, 257, 12)}
 VIDEOS, FRAMES, CLASSES = 32, 8, 400
+# cross-frame frame counts of the `full` subset: every packed tile height up to PACK_MAX_T = 64
+CF_FRAMES = (8, 16, 17, 32, 33, 64)
 SECTION = "## Triton kernels: static resources (no GPU)"
 
 
@@ -111,10 +114,12 @@ def _inputs(op: str, dims: dict, dtype):
     return [e(dims["K"], H, D)] + list(e(dims["B"], dims["N"], 2, H, D).unbind(2))
 
 
-def op_cases(subset: str, dtype: str | None = None, head_dim: int | None = None) -> list[tuple[str, str, dict, str]]:
-    """(op, shape label, sizes, dtype name) to record (optionally only one dtype / head dim)."""
+def op_cases(subset: str, dtype: str | None = None, head_dim: int | None = None,
+             op: str | None = None) -> list[tuple[str, str, dict, str]]:
+    """(op, shape label, sizes, dtype name) to record (optionally only one dtype / head dim / op)."""
     cases = _op_cases(subset)
-    return [c for c in cases if (dtype is None or c[3] == dtype) and (head_dim is None or c[2]["D"] == head_dim)]
+    return [c for c in cases if (dtype is None or c[3] == dtype) and (head_dim is None or c[2]["D"] == head_dim)
+            and (op is None or c[0] == op)]
 
 
 def _op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
@@ -138,9 +143,14 @@ def _op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
             # other head dims (not X-CLIP's): B/16 sequence lengths, the general long-sequence path too
             for D in (32, 80, 96, 128):
                 H = 768 // D if 768 % D == 0 else 8
-                cases.append(("cross_frame_attn", f"T8 D{D}", dict(B=VIDEOS, T=8, H=H, D=D), dt))
+                # every packed row tile (T_pad 8 / 16 / 32 / 64), T a multiple of 16 and not
+                for T in CF_FRAMES:
+                    cases.append(("cross_frame_attn", f"T{T} D{D}", dict(B=VIDEOS, T=T, H=H, D=D), dt))
                 cases.append(("intra_frame_attn", f"N197 D{D}", dict(F=64, N=197, M=1, H=H, D=D), dt))
                 cases.append(("prompt_cross_attn", f"D{D}", dict(B=VIDEOS, K=CLASSES, N=197, H=8, D=D), dt))
+            for T in CF_FRAMES:  # D = 64 beyond X-CLIP's 8..32 frames
+                if T not in (8, 16, 32):
+                    cases.append(("cross_frame_attn", f"T{T} D64", dict(B=VIDEOS, T=T, H=12, D=64), dt))
             for D in (32, 64, 128):
                 cases.append(("intra_frame_attn", f"N577 D{D}", dict(F=16, N=577, M=1, H=12, D=D), dt))
                 cases.append(("cross_frame_attn", f"T96 D{D}", dict(B=4, T=96, H=12, D=D), dt))
@@ -148,7 +158,8 @@ def _op_cases(subset: str) -> list[tuple[str, str, dict, str]]:
     return cases
 
 
-def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: int | None = None) -> list[Launch]:
+def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: int | None = None,
+                    op_name: str | None = None) -> list[Launch]:
     """Every kernel launch the op wrappers make for the cases of ``subset``, as the GPU of ``arch`` would."""
     calls: list[Launch] = []
     current = {}
@@ -164,7 +175,7 @@ def record_launches(arch: int, subset: str, dtype: str | None = None, head_dim: 
     C.interpreting = lambda: False
     PC.TARGET_PROGRAMS = 264 if arch >= 90 else 216  # 2 programs per SM (H100 / A100)
     try:
-        for op, label, dims, dt in op_cases(subset, dtype, head_dim):
+        for op, label, dims, dt in op_cases(subset, dtype, head_dim, op_name):
             dtype = DTYPES[dt]
             current = dict(shape=f"{op.split('_')[0]} {label}", dtype=dt, D=dims["D"])
             mod = {"cross_frame_attn": CF, "intra_frame_attn": IF, "prompt_cross_attn": PC}[op]
@@ -260,10 +271,10 @@ def compile_one(arch: int, launch: Launch, cfg: dict):
 
 
 def build_table(subset: str, archs=ARCHS, jobs: int = 1, verbose: bool = True, only: str | None = None,
-                dtype: str | None = None, head_dim: int | None = None) -> list[Row]:
+                dtype: str | None = None, head_dim: int | None = None, op: str | None = None) -> list[Row]:
     work = []
     for arch in archs:
-        for launch in record_launches(arch, subset, dtype, head_dim):
+        for launch in record_launches(arch, subset, dtype, head_dim, op):
             name = getattr(launch.kernel, "__name__", "") or launch.kernel.fn.__name__
             if only and only not in name:
                 continue
@@ -394,6 +405,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="compile only kernels whose name contains this")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="only this dtype")
     ap.add_argument("--head-dim", type=int, default=None, help="only this head dim")
+    ap.add_argument("--op", choices=("cross_frame_attn", "intra_frame_attn", "prompt_cross_attn"), default=None,
+                    help="only the shapes of this op")
     ap.add_argument("--from-json", nargs="+", default=None, help="no compiling: merge these --json outputs")
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument("--md", default=None, help="write the Markdown table here")
@@ -404,7 +417,8 @@ def main(argv=None) -> int:
         rows = [Row(**r) for f in a.from_json for r in json.loads(Path(f).read_text())]
         rows.sort(key=lambda r: (r.arch, r.dtype, r.D, r.tag, r.kernel, r.config))
     else:
-        rows = build_table(a.subset, tuple(a.arch or ARCHS), a.jobs, only=a.only, dtype=a.dtype, head_dim=a.head_dim)
+        rows = build_table(a.subset, tuple(a.arch or ARCHS), a.jobs, only=a.only, dtype=a.dtype, head_dim=a.head_dim,
+                           op=a.op)
     md = markdown(rows, a.subset)
     print(md)
     print(summary(rows))

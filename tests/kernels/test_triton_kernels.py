@@ -42,6 +42,8 @@ CASES = [
     ("cross_frame_attn", dict(B=3, T=9, H=1, D=16), "seqfirst", True),  # partial group of packed sequences
     ("cross_frame_attn", dict(B=1, T=1, H=3, D=40), "packed", False),  # T = 1, odd head dim
     ("cross_frame_attn", dict(B=1, T=70, H=1, D=16), "contiguous", True),  # T > 64: unpacked flash path
+    # padded D = 128, T_pad = 32: fp16 packed, fp32 the G = 1 path (its packed tile spills; CF.packed_max_t)
+    ("cross_frame_attn", dict(B=2, T=20, H=1, D=80), "packed", True),
     ("intra_frame_attn", dict(F=2, N=9, M=1, H=2, D=32), "packed", False),
     ("intra_frame_attn", dict(F=2, N=17, M=3, H=1, D=16), "seqfirst", True),
     ("intra_frame_attn", dict(F=1, N=40, M=3, H=2, D=24), "contiguous", True),  # two key blocks + messages
@@ -131,6 +133,43 @@ def test_unsupported_head_dim_reason_and_error():
 
 
 # --- the fused backward, message keys, launches, preallocated gradients ------------------
+
+
+def _cf_kernels(monkeypatch, T, D, dtype):
+    """(forward meta, backward kernel names) the cross-frame wrappers launch for [2, T, 3, D], nothing run."""
+    calls = []
+
+    def fake_launch(kernel, grid, args, fixed, configs, interp, key, tag):
+        name = kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__
+        calls.append((name, dict(fixed), [dict(c) for c in configs]))
+
+    monkeypatch.setattr(C, "launch", fake_launch)
+    q, k, v = (torch.empty(2, T, 3, D, dtype=dtype, device=DEVICE) for _ in range(3))
+    out, lse = CF.forward(q, k, v, D ** -0.5)
+    n = len(calls)
+    CF.backward(torch.empty_like(out), q, k, v, out, lse, D ** -0.5)
+    return calls[:n], [c[0] for c in calls[n:]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("D", [32, 64, 80, 96, 128])
+def test_cross_frame_packed_routing(D, dtype, monkeypatch):
+    """float32 leaves the packed kernels where their tile spills (benchmarks.static_resources, sm_80 / sm_90):
+    T > 16 at padded D = 128, T > 32 at D <= 64; 16-bit stays packed up to PACK_MAX_T. Forward and backward agree."""
+    limit = CF.PACK_MAX_T if dtype != torch.float32 else (16 if D > 64 else 32)
+    for T in (1, 8, 9, 16, 17, 31, 32, 33, 48, 64, 65):
+        fwd, bwd = _cf_kernels(monkeypatch, T, D, dtype)
+        packed = T <= limit
+        assert len(fwd) == 1 and fwd[0][0] == "attn_fwd_kernel"
+        # packed forward: per-config G, the tile height BM = T_pad; G = 1 forward: fixed G = 1, BM from the tile lists
+        assert ("G" not in fwd[0][1]) == packed, (T, D, dtype, fwd)
+        if packed:
+            assert all(c["BM"] == CF._pack_tp(T) for c in fwd[0][2]), fwd
+            assert bwd == ["_cf_bwd_packed_kernel"], (T, D, dtype, bwd)
+        else:
+            assert "_cf_bwd_packed_kernel" not in bwd and bwd, (T, D, dtype, bwd)
+            assert set(bwd) <= {"attn_bwd_fused_kernel", "attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"}, bwd
+        assert CF.use_packed(T, D, dtype.itemsize) == packed, (T, D, dtype)
 
 
 def _check_op(op, dims, dtype, layout="contiguous", nan_pad=False, seed=0):

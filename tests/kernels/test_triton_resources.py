@@ -83,3 +83,27 @@ def test_head_dims_and_dtypes_compile_without_spills(arch, dtype, head_dim, tmp_
     _check(rows, arch)
     assert rc == 0, text[-6000:]
     assert {r["kernel"] for r in rows} >= EXPECTED_KERNELS | {"attn_bwd_dkdv_kernel", "attn_bwd_dq_kernel"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("arch", [90, 80], ids=["sm90", "sm80"])
+def test_cross_frame_fp32_frame_counts_compile_without_spills(arch, head_dim, tmp_path):
+    """float32 cross-frame at T = 8..64 (every packed tile height): what the wrappers launch compiles without a
+    spill; the packed backward is launched only up to CF.packed_max_t (its 32-row tile at D = 128 and its 64-row
+    tile spilled), the longer sequences reach the G = 1 kernels."""
+    rc, rows, text = _run(tmp_path, "--subset", "full", "--op", "cross_frame_attn", "--arch", str(arch),
+                          "--dtype", "fp32", "--head-dim", str(head_dim), "--jobs", "2", timeout=1700)
+    _check(rows, arch)
+    assert rc == 0, text[-6000:]
+    limit = 16 if head_dim > 64 else 32
+    packed = [r for r in rows if r["kernel"] == "_cf_bwd_packed_kernel"]
+    assert packed and all(int(r["config"].split("TP=")[1].split()[0]) <= limit for r in packed), packed
+    for T in (17, 32, 33, 64):  # every frame count of the subset is compiled, on one path or the other
+        shape = f"cross T{T} D{head_dim}"
+        kernels = {r["kernel"] for r in rows if shape in r["shapes"]}
+        assert kernels, shape
+        if T > limit:
+            assert kernels <= {"attn_fwd_kernel", "attn_bwd_fused_kernel", "attn_bwd_dkdv_kernel",
+                               "attn_bwd_dq_kernel"}, (shape, kernels)

@@ -8,7 +8,10 @@ in one step: the forward is one tile product (one launch), and the backward is
 one fused kernel computing dQ, dK and dV together from one read of q, k, v, o
 and dO (delta = rowsum(dO * O) computed in-kernel; one launch). Longer
 sequences use the G = 1 kernels of ``_common`` (one forward launch; one fused
-backward launch, or two beyond ``_common.FUSED_MAX_KEYS``).
+backward launch, or two beyond ``_common.FUSED_MAX_KEYS``), and so do float32
+sequences beyond :func:`packed_max_t` (the packed backward keeps q, k, v, o,
+dO and three score tiles in registers: in float32 a 32-row tile at padded head
+dim 128, or any 64-row tile, spills).
 """
 
 from __future__ import annotations
@@ -19,6 +22,25 @@ import triton.language as tl
 from . import _common as C
 
 PACK_MAX_T = 64
+
+
+def packed_max_t(elt: int, bd: int) -> int:
+    """Longest sequence the packed kernels take, for element size ``elt`` and padded head dim ``bd``.
+
+    float32 (ptxas, sm_80 and sm_90, triton 3.8): the packed backward's 32-row
+    tile spills 840-2836 B at BD = 128 and its 64-row tile spills 0.3-156 KB at
+    every BD (benchmarks/RESULTS.md); the G = 1 kernels do not. Forward and
+    backward take the same path. One rule for the run time and for
+    ``benchmarks.static_resources`` (which calls :func:`forward` / :func:`backward`).
+    """
+    if elt >= 4:
+        return 16 if bd >= 128 else 32
+    return PACK_MAX_T
+
+
+def use_packed(T: int, D: int, elt: int) -> bool:
+    """Whether a ``[B, T, H, D]`` call with ``elt``-byte elements takes the packed kernels (else the G = 1 ones)."""
+    return T <= packed_max_t(elt, C.block_d(D))
 
 
 def not_supported_reasons(inputs) -> list[str]:
@@ -34,7 +56,7 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, b
     if elt >= 4:  # float32: IEEE dots on CUDA cores, smaller tiles, more warps for D > 64
         if bd >= 128:
             # forward: one stage spills on sm_90 (16 rows: 8 B, 24 B with 8 warps; 32 rows: 52 B), two do not.
-            # backward: any 32-row tile spills (T = 17..32 at D > 64 takes the spilling fallback; open item)
+            # backward: any 32-row tile spills (T = 17..32 at D > 64 takes the G = 1 path: packed_max_t)
             rows = [(16, 4, 2), (32, 8, 2)] if kind == "fwd" else [(16, 4, 1)]
         else:
             rows = [(32, 4, 1), (16, 2, 1)] if kind == "fwd" else [(16, 2, 1)]
@@ -44,7 +66,10 @@ def _packed_configs(tp: int, kind: str, arch: str | None = None, elt: int = 2, b
             rows = ([(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 1 if tp == 16 else 2)] if kind == "fwd"
                     else [(32, 2, 2), (64, 8, 2)])
         else:
-            rows = [(32, 2, 2), (64, 8, 2)] if kind == "fwd" else [(32, 2, 1), (64, 8, 1)]
+            # sm_80, T_pad = 64: the 2-stage 64-row forward spills 16-36 B (bf16); at T = 17..32 the 2-warp
+            # 32-row backward spills 40-80 B (bf16, T = 17): one stage there, the 8-warp tile only there
+            rows = ([(32, 2, 2), (64, 8, 1 if tp == 64 else 2)] if kind == "fwd"
+                    else ([(32, 2, 1)] if tp < 32 else []) + [(64, 8, 1)])
     elif arch == "hopper":
         rows = [(32, 2, 3), (64, 4, 3), (64, 8, 2), (128, 8, 2)] if kind == "fwd" else [(32, 2, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1)]
     else:
@@ -73,7 +98,7 @@ def _interp_group(tp: int) -> int:
 def forward(q, k, v, scale):
     B, T, H, D = q.shape
     packed = None
-    if T <= PACK_MAX_T:
+    if use_packed(T, D, q.element_size()):
         tp = _pack_tp(T)
         packed = (_packed_configs(tp, "fwd", elt=q.element_size(), bd=C.block_d(D)),
                   dict(G=_interp_group(tp), BM=tp, BN=tp))
@@ -125,7 +150,7 @@ def backward(do, q, k, v, out, lse, scale, grads=None):
     BH = B * H
     grads = C.grad_buffers(grads, (q, k, v), q.device)
     dq, dk, dv = grads
-    if T > PACK_MAX_T:
+    if not use_packed(T, D, q.element_size()):
         C.backward(do, q, k, v, None, None, out, lse, T, T, 0, BH, H, D, scale, grads, "cf")
         return grads
     tp = _pack_tp(T)
