@@ -225,3 +225,43 @@ def test_demo_clips_decode_identically_through_torchcodec_and_pyav(tmp_path):
         assert a.shape == b.shape and a.shape[1:] == (32, 32, 3)
         assert a.float().std() > 0  # real content, not blank frames
         assert torch.equal(a, b), p
+
+
+def test_demo_clips_are_lossless_and_repeat(tmp_path):
+    """The demo's clips are encoded losslessly (ShapesSpec.crf = 0): decoding gives back the rendered frames up
+    to the 4:2:0 chroma conversion, the same pixels every time the data are generated (a lossy x264 encode
+    under load did not repeat, and two demo runs then differed), and the data set is byte-identical."""
+    from dataclasses import asdict
+
+    from xclip.apps.demo.demo_data import ShapesSpec, generate_dataset, render_clip
+    from xclip.data.frame_cache import FrameCache
+
+    small = dict(colours=["red", "blue"], shapes=["circle", "triangle"], motions=["left", "right", "up"], num_held_out=0,
+                 train_per_class=4, val_per_class=0, test_per_class=1, zeroshot_per_class=0)
+    assert ShapesSpec().crf == 0
+    roots = [str(tmp_path / f"d{i}") for i in range(2)]
+    for r in roots:  # 60 clips: above generate_dataset's threshold for worker processes
+        generate_dataset(r, ShapesSpec(**small), workers=2)
+    files = sorted(os.path.relpath(os.path.join(dp, f), roots[0]) for dp, _, fs in os.walk(roots[0]) for f in fs
+                   if f.endswith(".mp4"))
+    assert len(files) == 60
+    caches = [FrameCache("pyav"), FrameCache("pyav")]
+    for rel in files:
+        a, b = (c.get(os.path.join(r, rel)) for c, r in zip(caches, roots))
+        assert torch.equal(a, b), rel
+        with open(os.path.join(roots[0], rel), "rb") as f0, open(os.path.join(roots[1], rel), "rb") as f1:
+            assert f0.read() == f1.read(), rel
+    # lossless: the decoded clip is the rendered one up to chroma subsampling (the luma is exact to rounding)
+    spec = asdict(ShapesSpec(**small))
+    rng = np.random.default_rng([spec["seed"], 0, 0, 0])  # train split, first class, clip 0 (demo_data's stream)
+    rendered = torch.from_numpy(render_clip("red", "circle", "left", size=spec["size"], frames=spec["frames"], rng=rng,
+                                            radius=tuple(spec["radius"]), travel=tuple(spec["travel"]),
+                                            noise=spec["noise"])).float()
+    decoded = caches[0].get(os.path.join(roots[0], "videos/red_circle_left/train_000.mp4")).float()
+    w = torch.tensor([0.299, 0.587, 0.114])
+    assert (rendered @ w - decoded @ w).abs().max() <= 3.0
+    lossy = tmp_path / "lossy.mp4"
+    from xclip.data import write_video
+
+    write_video(lossy, rendered.to(torch.uint8), fps=8, crf=30)  # the check can tell a lossy encode apart
+    assert (rendered @ w - FrameCache("pyav").get(str(lossy)).float() @ w).abs().max() > 3.0
