@@ -24,17 +24,23 @@ from typing import Callable
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
-                      clock: Callable[[], float] = time.process_time) -> dict[str, list[float]]:
-    """Seconds per call (by ``clock``) of each function over ``reps`` calls, the calls alternating."""
+                      clock: Callable[[], float] = time.process_time, iters: int = 1) -> dict[str, list[float]]:
+    """Seconds per call (by ``clock``) of each function over ``reps`` rounds, the functions alternating.
+
+    Each round times ``iters`` back-to-back calls of one function and records their mean (``iters`` > 1 for
+    calls too short for the clock); ``warmup`` untimed rounds of ``iters`` calls each come first.
+    """
     for _ in range(warmup):
         for f in fns.values():
-            f()
+            for _ in range(iters):
+                f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
             t0 = clock()
-            f()
-            times[k].append(clock() - t0)
+            for _ in range(iters):
+                f()
+            times[k].append((clock() - t0) / iters)
     return times
 
 

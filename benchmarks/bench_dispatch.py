@@ -41,6 +41,11 @@ import torch.nn.functional as F
 
 import xclip_kernels as xk
 
+try:  # run as a script (benchmarks/ on sys.path) or under pytest (rootdir conftest)
+    from _ratio import interleaved_times
+except ImportError:  # python -m benchmarks.bench_dispatch
+    from benchmarks._ratio import interleaved_times
+
 SCALE = 0.25  # = 16 ** -0.5
 
 
@@ -97,16 +102,8 @@ def measure(rounds: int, iters: int, clock=time.thread_time) -> list[dict]:
             torch.testing.assert_close(op(*inputs), plain(*inputs), rtol=1e-5, atol=1e-5)
         for mode in ("fwd", "fwd+bwd"):
             fns = {"op": _runner(op, inputs, mode), "plain": _runner(plain, inputs, mode)}
-            times = {k: [] for k in fns}
-            for f in fns.values():
-                for _ in range(20):
-                    f()
-            for _ in range(rounds):
-                for k, f in fns.items():
-                    t0 = clock()
-                    for _ in range(iters):
-                        f()
-                    times[k].append((clock() - t0) / iters * 1e6)
+            times = {k: [t * 1e6 for t in v]
+                     for k, v in interleaved_times(fns, rounds, warmup=max(1, 20 // iters), clock=clock, iters=iters).items()}
             row = dict(op=name, mode=mode)
             for k in fns:
                 row[f"{k}_min_us"] = min(times[k])
@@ -172,15 +169,7 @@ def measure_cpu_kernels(rounds: int, iters: int, clock=time.thread_time) -> list
         if op == "intra_frame_attn":
             torch.testing.assert_close(_intra_fwd_merged(*t, s)[0], o, rtol=1e-4, atol=1e-5)
             fns[("fwd", "CPU flash, messages merged (no cat)")] = lambda: _intra_fwd_merged(*t, s)
-        times = {k: [] for k in fns}
-        for f in fns.values():
-            f()
-        for _ in range(rounds):
-            for k, f in fns.items():
-                t0 = clock()
-                for _ in range(iters):
-                    f()
-                times[k].append((clock() - t0) / iters * 1e3)
+        times = {k: [t * 1e3 for t in v] for k, v in interleaved_times(fns, rounds, clock=clock, iters=iters).items()}
         for (mode, path), v in times.items():
             rows.append(dict(case=label, mode=mode, path=path, min_ms=min(v), median_ms=statistics.median(v)))
     return rows
