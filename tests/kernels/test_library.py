@@ -64,6 +64,19 @@ def test_packed_variants_equal_the_plain_ops():
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
 
 
+def _assert_compiled_matches_eager(fn, args) -> None:
+    """``fn(*args)`` (a scalar) and its gradients: torch.compile(fullgraph=True) equals eager."""
+    a1 = [t.clone().requires_grad_(True) for t in args]
+    a2 = [t.clone().requires_grad_(True) for t in args]
+    eager = fn(*a1)
+    eager.backward()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(*a2)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for x, y in zip(a1, a2):
+        torch.testing.assert_close(y.grad, x.grad)
+
+
 def _all_three(x, y, msg, text):
     B, T, H, D = x.shape
     a = xk.cross_frame_attn(x, x, x)
@@ -81,15 +94,7 @@ def test_compile_fullgraph_matches_eager():
         torch.randn(2, 1, 2, 8, generator=g),
         torch.randn(5, 2, 8, generator=g),
     ]
-    a1 = [t.clone().requires_grad_(True) for t in args]
-    a2 = [t.clone().requires_grad_(True) for t in args]
-    eager = _all_three(*a1)
-    eager.backward()
-    compiled = torch.compile(_all_three, fullgraph=True, backend="aot_eager")(*a2)
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager)
-    for x, y in zip(a1, a2):
-        torch.testing.assert_close(y.grad, x.grad)
+    _assert_compiled_matches_eager(_all_three, args)
 
 
 def _packed_three(qkv, fqkv, kvm, text, kv):
@@ -103,15 +108,7 @@ def test_compile_fullgraph_packed_matches_eager():
     args = [torch.randn(2, 4, 3, 2, 8, generator=g), torch.randn(2, 9, 3, 2, 8, generator=g),
             torch.randn(2, 1, 2, 2, 8, generator=g), torch.randn(5, 2, 8, generator=g),
             torch.randn(2, 9, 2, 2, 8, generator=g)]
-    a1 = [t.clone().requires_grad_(True) for t in args]
-    a2 = [t.clone().requires_grad_(True) for t in args]
-    eager = _packed_three(*a1)
-    eager.backward()
-    compiled = torch.compile(_packed_three, fullgraph=True, backend="aot_eager")(*a2)
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager)
-    for x, y in zip(a1, a2):
-        torch.testing.assert_close(y.grad, x.grad)
+    _assert_compiled_matches_eager(_packed_three, args)
 
 
 def test_compile_inductor_fullgraph():
