@@ -33,7 +33,9 @@ the output).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -41,10 +43,8 @@ import torch.nn.functional as F
 
 import xclip_kernels as xk
 
-try:  # run as a script (benchmarks/ on sys.path) or under pytest (rootdir conftest)
-    from _ratio import interleaved_times
-except ImportError:  # python -m benchmarks.bench_dispatch
-    from benchmarks._ratio import interleaved_times
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _ratio import interleaved_times  # noqa: E402
 
 SCALE = 0.25  # = 16 ** -0.5
 

@@ -189,10 +189,10 @@ def keep_freed_memory() -> bool:
     By default glibc serves every block above 128 KiB-32 MiB (its dynamic threshold) with its own ``mmap`` and
     unmaps it on ``free``. A CPU training step allocates and frees the same activations every step (the
     demo's: ~10,000 fresh pages a step), so every step pays the kernel's page faults and zeroing again; in a
-    virtual machine that is measurably slow (measured on the 2-core development VM: ~11,000 minor faults and
-    ~190 ms of CPU per demo step before, under 100 faults and ~155 ms after). With the mmap threshold at
-    1 GiB and the trim threshold at 2 GiB (the largest C int), freed blocks stay in the heap and the next step reuses them. The
-    arithmetic is unchanged (same kernels, same 64-byte alignment); the process just holds on to its peak
+    virtual machine that is measurably slow (measured on the 2-core development VM, under load: 3,000-11,000
+    minor faults and ~189 ms of CPU per demo step before, under 100 faults and ~162 ms after). With the mmap
+    threshold at 1 GiB and the trim threshold at 2 GiB (the largest C int), freed blocks stay in the heap and
+    the next step reuses them. The arithmetic is unchanged (same kernels, same 64-byte alignment); the process just holds on to its peak
     memory. Only on Linux with glibc; ``XCLIP_KEEP_FREED_MEMORY=0`` turns it off. Idempotent.
     """
     global _MALLOC_TUNED

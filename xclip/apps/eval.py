@@ -140,7 +140,7 @@ def _run(args, dist_info) -> int:
     from xclip.engine.zeroshot import restrict_to_classes
     from xclip.model import load_pretrained, tokenize
     from xclip.apps.predict import warn_truncated
-    from xclip.runtime import amp_dtype, keep_freed_memory
+    from xclip.runtime import amp_dtype
 
     cfg = load_config(args.config, args.overrides)
     data = cfg.data
@@ -158,8 +158,6 @@ def _run(args, dist_info) -> int:
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ValueError(f"--output {args.output!r} is a file, not a folder")
     device = dist_info.device
-    if device.type == "cpu":
-        keep_freed_memory()
     amp = amp_dtype(args.amp or cfg.train.amp, device, cuda_only=True)
 
     model = inference_model(load_pretrained(args.checkpoint), args.dtype, args.compile, device)

@@ -82,6 +82,10 @@ def inference_model(model: nn.Module, dtype: str = "fp32", compile: bool = False
     device = torch.device(device)
     if dtype == "fp16" and device.type != "cuda":
         raise ValueError(f"--dtype fp16 needs a CUDA device (device is {device}); use bf16 or fp32 on the CPU")
+    if device.type == "cpu":
+        from xclip.runtime import keep_freed_memory
+
+        keep_freed_memory()  # every batch allocates the same activations: reuse them (no fresh pages)
     if dtype == "bf16" and device.type == "cpu":
         from xclip.model import cpu_supports_bf16
 

@@ -154,13 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         from xclip.config import check_template
         from xclip.data import read_labels
         from xclip.model import load_pretrained
-        from xclip.runtime import keep_freed_memory, parse_views, select_device
+        from xclip.runtime import parse_views, select_device
 
         names = read_labels(args.labels)
         clips, crops = parse_views(args.views)
         device = select_device(args.device or "auto")
-        if device.type == "cpu":
-            keep_freed_memory()
         if args.template is not None:
             check_template(args.template, "--template")
         if args.json:

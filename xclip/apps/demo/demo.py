@@ -447,7 +447,7 @@ def _write_report(output: str, results: dict, info: dict, quick: bool) -> str:
         f"Synthetic videos: {n_all} classes (colour x shape x motion: {', '.join(spec['colours'])} x "
         f"{', '.join(spec['shapes'])} x moving {', '.join(spec['motions'])}), {spec['frames']} frames of "
         f"{spec['size']}x{spec['size']} px per clip, mp4 (H.264, "
-        f"{'lossless' if not spec.get('crf', 0) else 'crf ' + str(spec['crf'])}). Clips: {info['counts']}.",
+        f"{'lossless' if spec['crf'] == 0 else 'crf ' + str(spec['crf'])}). Clips: {info['counts']}.",
         f"Held out of training entirely ({len(info['held_out_classes'])} classes, recognised zero-shot from their "
         "names only; every word of them occurs in trained classes): "
         + ", ".join(f"*{n}*" for n in info["held_out_classes"]) + ".",

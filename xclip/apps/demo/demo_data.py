@@ -220,7 +220,7 @@ def _render_and_write(args) -> None:
     rng = np.random.default_rng([spec_d["seed"], split_id, combo_index, k])
     frames = render_clip(*c, size=spec_d["size"], frames=spec_d["frames"], rng=rng, radius=tuple(spec_d["radius"]),
                          travel=tuple(spec_d["travel"]), noise=spec_d["noise"])
-    write_video(os.path.join(root, rel), frames, fps=spec_d["fps"], crf=spec_d.get("crf", 0))
+    write_video(os.path.join(root, rel), frames, fps=spec_d["fps"], crf=spec_d["crf"])
 
 
 def generate_dataset(root: str, spec: ShapesSpec | None = None, *, progress: bool = False, workers: int = 1) -> dict:
